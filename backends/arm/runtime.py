@@ -1,0 +1,177 @@
+"""The ARM backend at run time: a config in, op kernels out.
+
+:class:`ArmRuntime` owns everything one ``registry.enable(backend="arm")`` makes:
+the Triton kernel in the chosen execution mode, the weight cache, one router
+and runner per op, and the module fast path. ``disable()`` drops it whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from registry import BackendUnavailable, CallCounter, Config, RoutingRule
+from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
+
+from .device import triton_cpu_status
+from .kernel import InterpretedKernel, launch, qlinear_kernel
+from .weights import PreparedWeight, WeightCache, prepare_weight
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("dot", "gemv")
+_ROUTE_MEMO_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a call with M rows runs: the rule, its tiles, and the rows launched."""
+
+    rule: RoutingRule
+    use_dot: bool
+    m_run: int          # M, or M padded with zero rows up to a multiple of block_m
+
+
+class Router:
+    """First matching rule wins. Decisions are memoised per M (bounded)."""
+
+    def __init__(self, rules: tuple[RoutingRule, ...], padding: bool):
+        if not rules:
+            raise ValueError("a routing table needs at least one rule")
+        self.rules = rules
+        self.padding = padding
+        self._memo: dict[int, Route] = {}
+
+    def route(self, m: int) -> Route:
+        route = self._memo.get(m)
+        if route is None:
+            rule = next(r for r in self.rules if r.matches(m))  # coverage checked at config load
+            bm = rule.block_m
+            m_run = -(-m // bm) * bm if (self.padding and rule.pad_m) else m
+            route = Route(rule, rule.kernel == "dot", m_run)
+            if len(self._memo) >= _ROUTE_MEMO_MAX:
+                self._memo.clear()
+            self._memo[m] = route
+        return route
+
+
+class OpRunner:
+    """One op (``linear_dynamic`` or ``linear_relu_dynamic``) under one config."""
+
+    def __init__(self, runtime: "ArmRuntime", op: str, relu: bool):
+        cfg = runtime.config.op(op)
+        self.runtime = runtime
+        self.op = op
+        self.relu = relu
+        self.per_row = cfg.activation_scale == "per_row"
+        self.layout = (cfg.weight_layout.block_k, cfg.weight_layout.block_n)
+        self.router = Router(cfg.routing, cfg.padding)
+        self.counts = {rule.name: CallCounter() for rule in cfg.routing}
+
+    def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
+        """The dispatcher entry point (``reduce_range`` is ignored: int32 accumulation)."""
+        return self.run(x, w_prepack)
+
+    def run(self, x: torch.Tensor, w_prepack, owner=None) -> torch.Tensor:
+        w = self.runtime.weight(w_prepack, self.layout, self.op, owner)
+        check_activation(x, w.k, self.op)
+        x2d = x.reshape(-1, w.k)
+        m = x2d.shape[0]
+        if m == 0:
+            return x.new_empty((*x.shape[:-1], w.n))
+        route = self.router.route(m)
+        self.counts[route.rule.name].increment()
+        if route.m_run != m:
+            padded = x2d.new_zeros(route.m_run, w.k)
+            padded[:m] = x2d
+            x2d = padded
+        out = torch.empty(route.m_run, w.n, dtype=torch.float32)
+        absmax = None if self.per_row else x2d.abs().amax().reshape(1)
+        self.runtime.launch(x2d, w, out, route, self.per_row, self.relu, absmax)
+        return out[:m].view(*x.shape[:-1], w.n)
+
+
+class ArmRuntime:
+    def __init__(self, config: Config):
+        self.config = config
+        self.execution, self.kernel, self.execution_detail = _resolve_execution(config.execution)
+        self.cache = WeightCache(config.weight_cache.max_bytes, self._prepare)
+        self.runners = {op: OpRunner(self, op, relu)
+                        for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
+                        if config.op(op).enabled}
+        self.dot_fallbacks: dict[str, str] = {}
+        self._fast_path = None
+
+    # -- weights -------------------------------------------------------
+    def weight(self, w_prepack, layout, op, owner=None) -> PreparedWeight:
+        return self.cache.get(w_prepack, layout, op, owner)
+
+    @staticmethod
+    def _prepare(w_prepack, layout, op) -> PreparedWeight:
+        return prepare_weight(unpack_weight(w_prepack, op), *layout, op=op)
+
+    # -- launching -----------------------------------------------------
+    def launch(self, x2d, w, out, route: Route, per_row: bool, relu: bool, absmax) -> None:
+        rule = route.rule
+        use_dot = route.use_dot and rule.name not in self.dot_fallbacks
+        run = partial(launch, self.kernel, x2d, w, out, block_m=rule.block_m, block_n=rule.block_n,
+                      block_k=rule.block_k, per_row=per_row, relu=relu, x_absmax=absmax)
+        try:
+            run(use_dot=use_dot)
+        except Exception as exc:
+            # Some Triton-CPU builds reject tl.dot with M < 4 (or other tiny tiles).
+            # Re-route that rule to the dot-free variant once, loudly, not per call.
+            if not use_dot or self.execution != "native" or "dot" not in str(exc).lower():
+                raise
+            reason = f"tl.dot rejected tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: {exc}"
+            self.dot_fallbacks[rule.name] = reason
+            warnings.warn(f"arm backend: routing rule {rule.name!r} now uses the gemv kernel; {reason}",
+                          RuntimeWarning, stacklevel=2)
+            run(use_dot=False)
+
+    # -- lifecycle -----------------------------------------------------
+    def enable_fast_path(self) -> None:
+        from .fastpath import ModuleFastPath
+
+        runner = self.runners.get(LINEAR_DYNAMIC)
+        if runner is not None and self.config.op(LINEAR_DYNAMIC).fast_path:
+            self._fast_path = ModuleFastPath(runner)
+            self._fast_path.install()
+
+    def close(self) -> None:
+        if self._fast_path is not None:
+            self._fast_path.uninstall()
+            self._fast_path = None
+        self.cache.clear()
+
+    def status(self) -> dict:
+        return {
+            "execution": self.execution,
+            "execution_detail": self.execution_detail,
+            "device": self.config.device,
+            "config_files": list(self.config.sources),
+            "weight_cache": self.cache.stats(),
+            "fast_path": self._fast_path is not None,
+            "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
+            "dot_fallbacks": dict(self.dot_fallbacks),
+        }
+
+
+def _resolve_execution(mode: str):
+    """Return ``(mode, kernel, detail)``; never falls back silently."""
+    status = triton_cpu_status()
+    if mode == "interpreter":
+        return "interpreter", InterpretedKernel(qlinear_kernel), (
+            "Triton interpreter: validates the kernel source on any host; not for speed")
+    if status.active:
+        log.info("arm backend: %s", status.detail)
+        return "native", qlinear_kernel, status.detail
+    raise BackendUnavailable(
+        f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
+        "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
+        "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
+        "(slow; for validation).")

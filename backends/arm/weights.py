@@ -1,0 +1,164 @@
+"""Weights prepared for the kernel, and the bounded cache that owns them."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from backends.common import UnpackedWeight
+
+INT32_MAX = 2**31 - 1
+QMAX = 127
+
+
+def _round_up(v: int, multiple: int) -> int:
+    return -(-v // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class PreparedWeight:
+    """One weight in the kernel's layout: int8 tiles ``[Kp/LK, Np/LN, LK, LN]``
+    and per-channel vectors padded to ``Np``. ``zero_point``/``bias`` are ``None``
+    when absent (all-zero zero points are dropped: symmetric weights skip the
+    correction)."""
+
+    w_tiled: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    bias: torch.Tensor | None
+    n: int
+    k: int
+    layout_k: int
+    layout_n: int
+
+    @property
+    def layout_blocks_n(self) -> int:
+        return self.scale.shape[0] // self.layout_n
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.w_tiled, self.scale, self.zero_point, self.bias) if t is not None)
+
+    def to(self, device) -> "PreparedWeight":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PreparedWeight(move(self.w_tiled), move(self.scale), move(self.zero_point),
+                              move(self.bias), self.n, self.k, self.layout_k, self.layout_n)
+
+
+def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str) -> PreparedWeight:
+    """Tile and pad an unpacked weight once; check the int32 accumulator bound."""
+    n, k = w.w_int8.shape
+    centered_max = int((w.w_int8.to(torch.int32) - w.zero_point[:, None]).abs().max()) if n and k else 0
+    if k * QMAX * centered_max > INT32_MAX:
+        raise ValueError(
+            f"{op}: K={k} is too large for an exact int32 accumulator with this weight "
+            f"(K x 127 x max|w - zero_point| = {k} x 127 x {centered_max} > 2**31 - 1); "
+            f"the largest K for it is {INT32_MAX // (QMAX * max(centered_max, 1))}")
+    kp, np_ = _round_up(max(k, 1), layout_k), _round_up(max(n, 1), layout_n)
+    w_kn = torch.zeros(kp, np_, dtype=torch.int8)
+    w_kn[:k, :n] = w.w_int8.T
+    tiled = (w_kn.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)
+             .permute(0, 2, 1, 3).contiguous().reshape(-1))
+
+    def padded(v: torch.Tensor | None, dtype) -> torch.Tensor | None:
+        if v is None:
+            return None
+        out = torch.zeros(np_, dtype=dtype)
+        out[:n] = v
+        return out
+
+    has_zp = bool((w.zero_point != 0).any())
+    return PreparedWeight(tiled, padded(w.scale, torch.float32),
+                          padded(w.zero_point, torch.int32) if has_zp else None,
+                          padded(w.bias, torch.float32), n, k, layout_k, layout_n)
+
+
+class _Entry:
+    __slots__ = ("packed", "prepared", "nbytes")
+
+    def __init__(self, packed: Any, prepared: PreparedWeight):
+        self.packed = packed          # strong reference: pins the address the key is made of
+        self.prepared = prepared
+        self.nbytes = prepared.nbytes
+
+
+class WeightCache:
+    """LRU cache of :class:`PreparedWeight`, bounded by ``max_bytes``.
+
+    Keyed on ``hash(W_prepack)``: the address of the C++ packed-params object,
+    stable across the new Python wrapper the dispatcher makes on every call.
+    Each entry holds a strong reference to that object, so the address cannot
+    be reused by another weight while the entry lives: a hit is never stale.
+    Entries made through the module fast path are also dropped when their
+    module's packed params are garbage-collected.
+
+    A weight larger than ``max_bytes`` is prepared for the call and not kept.
+    """
+
+    def __init__(self, max_bytes: int, prepare: Callable[[Any, tuple[int, int], str], PreparedWeight]):
+        self.max_bytes = max_bytes
+        self._prepare = prepare
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._watched: weakref.WeakSet = weakref.WeakSet()   # owners with a finalizer
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def get(self, packed: Any, layout: tuple[int, int], op: str, owner: Any = None) -> PreparedWeight:
+        """The prepared weight for ``packed`` in ``layout`` (block_k, block_n).
+
+        ``owner``: an object whose lifetime bounds the weight's (the module's
+        packed params); its collection drops the entry.
+        """
+        key = (hash(packed), layout)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry.prepared
+            self.misses += 1
+        # Prepare outside the lock (slow: unpack + tiling); a concurrent miss on
+        # the same weight prepares it twice and keeps one.
+        prepared = self._prepare(packed, layout, op)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry.prepared
+            if prepared.nbytes <= self.max_bytes:
+                self._entries[key] = _Entry(packed, prepared)
+                self._bytes += prepared.nbytes
+                while self._bytes > self.max_bytes:
+                    self._evict_oldest()
+                if owner is not None and owner not in self._watched:
+                    self._watched.add(owner)
+                    weakref.finalize(owner, self._discard, packed)
+        return prepared
+
+    def _evict_oldest(self) -> None:
+        _, entry = self._entries.popitem(last=False)
+        self._bytes -= entry.nbytes
+        self.evictions += 1
+
+    def _discard(self, packed: Any) -> None:
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.packed is packed]:
+                self._bytes -= self._entries.pop(key).nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses, "evictions": self.evictions}

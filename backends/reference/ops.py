@@ -1,0 +1,66 @@
+"""The quantization contract, written to be read.
+
+For ``y = x @ W.T + b`` with a packed int8 weight ``W`` (scale ``sw[n]``, zero
+point ``zw[n]``, per tensor or per output channel):
+
+* activations are quantized **symmetrically to int8**: ``s = absmax / 127``
+  per row (``per_row``, the default) or over the whole tensor
+  (``per_tensor``); ``q = clamp(round_half_even(x / s), -127, 127)``; a row
+  (tensor) of zeros uses ``s = 1``;
+* ``y[m, n] = s[m] * sw[n] * sum_k q[m, k] * (W[n, k] - zw[n]) + b[n]``,
+  the sum exact (int32 in the kernels);
+* ReLU, when asked, is applied last;
+* a row whose activations contain NaN or +-Inf yields NaN for that whole row
+  (the whole tensor in ``per_tensor`` mode): a finite answer would be wrong.
+
+``reduce_range`` exists in PyTorch's op to keep fbgemm's u8 x s8 pair sums
+inside int16; int32 accumulation of int8 x int8 cannot saturate that way, so
+it is accepted and ignored here (as qnnpack does).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from backends.common import LINEAR_DYNAMIC, UnpackedWeight, check_activation, unpack_weight
+
+QMAX = 127
+
+
+def quantize_activation(x2d: torch.Tensor, mode: str = "per_row") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(q, s)``: integer-valued float32 ``q`` in [-127, 127] and scale ``s`` ([M, 1] or [1, 1])."""
+    if mode == "per_row":
+        absmax = x2d.abs().amax(dim=1, keepdim=True)
+    elif mode == "per_tensor":
+        absmax = x2d.abs().amax().reshape(1, 1)
+    else:
+        raise ValueError(f"activation_scale: expected per_row or per_tensor, got {mode!r}")
+    scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax / QMAX)
+    q = torch.round(x2d / scale).clamp(-QMAX, QMAX)
+    return q, scale
+
+
+def linear_from_unpacked(x: torch.Tensor, w: UnpackedWeight, relu: bool = False,
+                         activation_scale: str = "per_row") -> torch.Tensor:
+    check_activation(x, w.in_features)
+    x2d = x.reshape(-1, w.in_features)
+    out_shape = (*x.shape[:-1], w.out_features)
+    if x2d.shape[0] == 0:
+        return x.new_zeros(out_shape)
+    q, s = quantize_activation(x2d, activation_scale)
+    w_centered = w.w_int8.double() - w.zero_point.double()[:, None]
+    acc = q.double() @ w_centered.T                      # exact: integers below 2**53
+    y = acc * (s.double() * w.scale.double()[None, :])
+    if w.bias is not None:
+        y = y + w.bias.double()
+    if relu:
+        y = y.clamp_min(0)
+    y = torch.where(torch.isfinite(s).expand_as(y), y, torch.full_like(y, float("nan")))
+    return y.to(torch.float32).reshape(out_shape)
+
+
+def linear_dynamic(x: torch.Tensor, w_prepack, reduce_range: bool = False, *, relu: bool = False,
+                   activation_scale: str = "per_row") -> torch.Tensor:
+    """``quantized::linear_dynamic`` under the project's contract."""
+    del reduce_range  # see module docstring
+    return linear_from_unpacked(x, unpack_weight(w_prepack, LINEAR_DYNAMIC), relu, activation_scale)

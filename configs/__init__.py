@@ -1,0 +1,1 @@
+"""Packaged device configs: YAML data only, installed as ``opregistry_configs``."""

@@ -1,0 +1,251 @@
+"""The registry: builds configs, installs backend kernels into the dispatcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from .config import DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, check_layer, load_yaml, merge_layers
+from .errors import ConfigError, RegistryError
+from .plugins import Plugins, allow_list_from_env
+from .types import CallCounter, OpKernel
+
+# PyTorch warns (once per process) when a kernel replaces a registered one.
+# Replacing the native kernel is what enable() is for, so exactly that
+# message is silenced around our own registrations.
+_OVERRIDE_WARNING = r"(?s).*Overriding a previously registered kernel"
+
+
+@dataclass
+class _Installed:
+    """One (backend, op) registration; owning ``library`` keeps it alive."""
+
+    backend: str
+    op: str
+    dispatch_key: str
+    library: torch.library.Library
+    config: Config
+    calls: CallCounter = field(default_factory=CallCounter)
+
+
+class Registry:
+    """Owns the plugin table and every kernel registration it made.
+
+    Thread-safe: enable/disable/status take one lock. Kernels themselves run
+    without it.
+    """
+
+    def __init__(self, plugins: Plugins | None = None, *, strict: bool = False):
+        self._plugins = plugins
+        self._strict = strict
+        self._lock = threading.RLock()
+        self._installed: dict[str, _Installed] = {}      # op name -> registration
+        self._configs: dict[str, Config] = {}            # enabled backend -> its config
+
+    # -- plugins -------------------------------------------------------
+    @property
+    def plugins(self) -> Plugins:
+        with self._lock:
+            if self._plugins is None:
+                plugins = Plugins(strict=self._strict, allow=allow_list_from_env())
+                plugins.load_entry_points()
+                self._plugins = plugins
+            return self._plugins
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Every installed backend with availability, ops and origin."""
+        rows = []
+        for name, lb in sorted(self.plugins.backends.items()):
+            avail = self.plugins.availability(name)
+            rows.append({
+                "name": name,
+                "available": avail.available,
+                "reason": avail.reason,
+                "ops": list(lb.info.ops),
+                "description": lb.info.description,
+                "plugin": lb.plugin_name,
+                "distribution": lb.distribution,
+                "version": lb.version,
+                "enabled": name in self._configs,
+            })
+        return rows
+
+    # -- configs -------------------------------------------------------
+    def build_config(self, backend: str | None = None, config: Any = None, **overrides) -> Config:
+        """Layer packaged config < deployment file < keyword overrides and validate."""
+        layers: list[tuple[Mapping, str]] = []
+        if config is None and os.environ.get(DEPLOYMENT_ENV):
+            config = os.environ[DEPLOYMENT_ENV]
+        if isinstance(config, Mapping):
+            check_layer(config, "<config dict>")
+            layers.append((config, "<config dict>"))
+        elif config is not None:
+            layers.append(load_yaml(config))
+        if overrides:
+            check_layer(overrides, OVERRIDES_SOURCE)
+            layers.append((overrides, OVERRIDES_SOURCE))
+
+        named = [(data["backend"], src) for data, src in layers if "backend" in data]
+        if backend is None:
+            if not named:
+                raise ConfigError(OVERRIDES_SOURCE, "backend",
+                                  "no backend given: pass backend= or set 'backend' in the config file")
+            backend = named[-1][0]
+        for name, src in named:
+            if name != backend:
+                raise ConfigError(src, "backend", f"this config is for backend {name!r}, "
+                                                  f"but backend {backend!r} was requested")
+        owner = self.plugins.get(backend)
+
+        device = next((d["device"] for d, _ in reversed(layers) if d.get("device")), None)
+        packaged = self.plugins.call(backend, "opregistry_packaged_config", device=device)
+        if packaged is not None:
+            data, src = load_yaml(packaged)
+            layers.insert(0, (data, src))
+        layers.insert(0, ({"backend": backend}, f"<{backend} defaults>"))
+
+        cfg = merge_layers(layers)
+        for op in cfg.ops:
+            if op not in owner.info.ops:
+                raise ConfigError(cfg.source_of(f"ops.{op}"), f"ops.{op}",
+                                  f"unknown op for backend {backend!r}; it provides: "
+                                  f"{', '.join(owner.info.ops)}")
+        self.plugins.call(backend, "opregistry_validate_config", config=cfg)
+        return cfg
+
+    # -- enable / disable ----------------------------------------------
+    def enable(self, backend: str | None = None, config: Any = None, **overrides) -> Config:
+        """Install ``backend``'s kernels for its enabled ops; return the config used."""
+        cfg = self.build_config(backend, config, **overrides)
+        self._install(cfg)
+        return cfg
+
+    def _install(self, cfg: Config) -> None:
+        backend = cfg.backend
+        with self._lock:
+            if self._configs.get(backend) == cfg:
+                return  # idempotent
+            kernels: dict[str, OpKernel] = self.plugins.call(backend, "opregistry_op_kernels", config=cfg) or {}
+            if backend in self._configs:
+                self._disable_one(backend)
+            for op, kernel in kernels.items():
+                if not cfg.op(op).enabled:
+                    continue
+                previous = self._installed.get(op)
+                self._installed[op] = self._register(backend, op, kernel, cfg)
+                # Destroy the replaced registration only after the new one is
+                # active, so concurrent callers never see the native kernel.
+                if previous is not None:
+                    previous.library._destroy()
+                    if not any(i.backend == previous.backend for i in self._installed.values()):
+                        self._forget(previous.backend)
+            self._configs[backend] = cfg
+            self.plugins.call(backend, "opregistry_on_enable", config=cfg)
+
+    @staticmethod
+    def _register(backend: str, op: str, kernel: OpKernel, cfg: Config) -> _Installed:
+        ns, _, name = op.partition("::")
+        lib = torch.library.Library(ns, "IMPL")
+        inst = _Installed(backend, op, kernel.dispatch_key, lib, cfg)
+        fn, calls = kernel.fn, inst.calls
+
+        def counted(*args, **kwargs):
+            calls.increment()
+            return fn(*args, **kwargs)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_OVERRIDE_WARNING, category=UserWarning)
+            lib.impl(name, counted, kernel.dispatch_key, allow_override=True)
+        return inst
+
+    def disable(self, backend: str | None = None) -> None:
+        """Remove ``backend``'s kernels (all backends when ``None``)."""
+        with self._lock:
+            for name in [backend] if backend is not None else list(self._configs):
+                if name in self._configs:
+                    self._disable_one(name)
+
+    def _disable_one(self, backend: str) -> None:
+        for op in [op for op, inst in self._installed.items() if inst.backend == backend]:
+            self._installed.pop(op).library._destroy()
+        self._forget(backend)
+
+    def _forget(self, backend: str) -> None:
+        if self._configs.pop(backend, None) is not None:
+            self.plugins.call(backend, "opregistry_on_disable")
+
+    @contextmanager
+    def enabled(self, backend: str | None = None, config: Any = None, **overrides):
+        """Enable for the ``with`` block, then restore exactly what was there."""
+        with self._lock:
+            before = dict(self._configs)
+        try:
+            yield self.enable(backend, config, **overrides)
+        finally:
+            with self._lock:
+                for name, cfg in list(self._configs.items()):
+                    if before.get(name) != cfg:
+                        self._disable_one(name)
+                for name, cfg in before.items():
+                    if self._configs.get(name) != cfg:
+                        self._install(cfg)
+
+    # -- introspection -------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Which backend serves each op, on which key, from which configs."""
+        with self._lock:
+            ops = {
+                op: {
+                    "backend": inst.backend,
+                    "dispatch_key": inst.dispatch_key,
+                    "config_files": list(inst.config.sources),
+                    "execution": inst.config.execution,
+                    "calls": inst.calls.value,
+                }
+                for op, inst in sorted(self._installed.items())
+            }
+            backends = {}
+            for name in sorted(self._configs):
+                try:
+                    backends[name] = self.plugins.call(name, "opregistry_backend_status") or {}
+                except Exception as exc:  # noqa: BLE001 - status must not raise
+                    backends[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            return {"ops": ops, "backends": backends}
+
+    def active_config(self, backend: str) -> Config | None:
+        return self._configs.get(backend)
+
+    def installed_library_count(self) -> int:
+        return len(self._installed)
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry behind ``registry.enable()`` and friends."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
+
+
+def reload_plugins(strict: bool = False) -> Registry:
+    """Disable everything and rediscover plugins (e.g. after ``OPREGISTRY_PLUGINS`` changed)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.disable()
+        _default = Registry(strict=strict)
+        return _default
+
+
+__all__ = ["Registry", "RegistryError", "default_registry", "reload_plugins"]
