@@ -9,54 +9,21 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from registry import BackendUnavailable, CallCounter, Config, RoutingRule
+from registry import BackendUnavailable, CallCounter, Config
 from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
+from backends.common.qlinear_kernel import InterpretedKernel, launch, qlinear_kernel
+from backends.common.routing import Route, Router
+from backends.common.weights import PreparedWeight, WeightCache, prepare_weight
 
 from .device import triton_cpu_status
-from .kernel import InterpretedKernel, launch, qlinear_kernel
-from .weights import PreparedWeight, WeightCache, prepare_weight
 
 log = logging.getLogger(__name__)
 
 KERNELS = ("dot", "gemv")
-_ROUTE_MEMO_MAX = 4096
-
-
-@dataclass(frozen=True)
-class Route:
-    """What a call with M rows runs: the rule, its tiles, and the rows launched."""
-
-    rule: RoutingRule
-    use_dot: bool
-    m_run: int          # M, or M padded with zero rows up to a multiple of block_m
-
-
-class Router:
-    """First matching rule wins. Decisions are memoised per M (bounded)."""
-
-    def __init__(self, rules: tuple[RoutingRule, ...], padding: bool):
-        if not rules:
-            raise ValueError("a routing table needs at least one rule")
-        self.rules = rules
-        self.padding = padding
-        self._memo: dict[int, Route] = {}
-
-    def route(self, m: int) -> Route:
-        route = self._memo.get(m)
-        if route is None:
-            rule = next(r for r in self.rules if r.matches(m))  # coverage checked at config load
-            bm = rule.block_m
-            m_run = -(-m // bm) * bm if (self.padding and rule.pad_m) else m
-            route = Route(rule, rule.kernel == "dot", m_run)
-            if len(self._memo) >= _ROUTE_MEMO_MAX:
-                self._memo.clear()
-            self._memo[m] = route
-        return route
 
 
 class OpRunner:

@@ -120,7 +120,7 @@ def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, per_
     """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) over ``out``.
 
     ``x2d`` is ``[M, K]`` fp32 (any strides); ``out`` is ``[M, N]`` fp32 with unit
-    column stride; ``weight`` is a :class:`backends.arm.weights.PreparedWeight`.
+    column stride; ``weight`` is a :class:`backends.common.weights.PreparedWeight`.
     """
     m, k = x2d.shape
     n = weight.n

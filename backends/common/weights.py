@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from backends.common import UnpackedWeight
+from .packed import UnpackedWeight
 
 INT32_MAX = 2**31 - 1
 QMAX = 127
