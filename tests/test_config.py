@@ -1,0 +1,134 @@
+"""Config schema, layering and the documented error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+import registry
+from registry.config import merge_layers
+from backends.common import LINEAR_DYNAMIC
+
+OP = LINEAR_DYNAMIC
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registry.Registry()
+
+
+def write(tmp_path, text, name="deploy.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_layering_packaged_then_deployment_then_keywords(reg, tmp_path, monkeypatch):
+    deploy = write(tmp_path, f"""
+execution: interpreter
+weight_cache: {{max_bytes: 1000}}
+ops:
+  {OP}:
+    padding: false
+""")
+    cfg = reg.build_config("arm", deploy, device="cix-p1", weight_cache={"max_bytes": 5})
+    assert cfg.execution == "interpreter"                      # deployment over packaged 'auto'
+    assert cfg.weight_cache.max_bytes == 5                     # keyword over deployment
+    assert cfg.op(OP).padding is False                         # deployment over packaged
+    assert cfg.op(OP).routing[0].name == "decode-m1"            # packaged kept where not overridden
+    assert cfg.source_of(f"ops.{OP}.padding") == deploy
+    assert cfg.source_of("weight_cache.max_bytes") == "<keyword overrides>"
+    assert cfg.source_of(f"ops.{OP}.routing").endswith("cix-p1.yaml")
+
+    monkeypatch.setenv("OPREGISTRY_CONFIG", deploy)
+    assert reg.build_config("arm", device="cix-p1").execution == "interpreter"
+
+
+def test_backend_taken_from_the_deployment_file(reg, tmp_path):
+    deploy = write(tmp_path, "backend: reference\n")
+    assert reg.build_config(config=deploy).backend == "reference"
+
+
+def test_routing_list_replaces_lower_layer(reg):
+    rules = [{"name": "only", "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32}]
+    cfg = reg.build_config("arm", device="cix-p1", ops={OP: {"routing": rules}})
+    assert [r.name for r in cfg.op(OP).routing] == ["only"]
+
+
+CASES = [
+    # (deployment text, expected message fragment)
+    (f"ops:\n  {OP}:\n    padding: 'yes'\n",
+     f"deploy.yaml: ops.{OP}.padding: expected a boolean, got 'yes'"),
+    ("execution: fast\n", "deploy.yaml: execution: expected one of auto, native, interpreter, got 'fast'"),
+    ("weight_cache: {max_bytes: -1}\n", "weight_cache.max_bytes: expected an integer >= 0, got -1"),
+    ("weight_cache: {max_byte: 10}\n", "weight_cache.max_byte: unknown key; expected one of: max_bytes"),
+    ("colour: blue\n", "deploy.yaml: colour: unknown key"),
+    ("ops:\n  quantized::linear_dynamc: {enabled: true}\n",
+     "ops.quantized::linear_dynamc: unknown op for backend 'arm'; it provides: quantized::linear_dynamic"),
+    (f"ops:\n  {OP}:\n    activation_scale: per_col\n", "expected one of per_row, per_tensor, native, got 'per_col'"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 48, block_k: 32}}\n",
+     f"ops.{OP}.routing[0].block_n: expected a power of two (Triton tile sizes), got 48"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 0, block_n: 64, block_k: 32}}\n",
+     f"ops.{OP}.routing[0].block_m: expected an integer >= 1, got 0"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64}}\n",
+     f"ops.{OP}.routing[0].block_k: missing"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{when: {{m: 1}}, kernel: dot, block_m: 1, block_n: 64, block_k: 4}}\n",
+     f"ops.{OP}.routing: no rule matches M=2"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{name: a, kernel: dot, block_m: 8, block_n: 64, block_k: 32}}\n"
+     f"      - {{name: b, when: {{m: 1}}, kernel: dot, block_m: 1, block_n: 64, block_k: 4}}\n",
+     f"ops.{OP}.routing[1]: rule 'b' is unreachable"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: tiled, block_m: 8, block_n: 64, block_k: 32}}\n",
+     f"ops.{OP}.routing[0].kernel: expected one of dot, gemv, got 'tiled'"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 64}}\n",
+     f"ops.{OP}.routing[0].block_k: 64 must divide weight_layout.block_k=32"),
+    (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 32, num_warps: 4}}\n",
+     "num_warps: not used by the arm backend"),
+    ("backend: reference\n", "deploy.yaml: backend: this config is for backend 'reference', but backend 'arm' was requested"),
+    ("ops: [1, 2]\n", "deploy.yaml: ops: expected a mapping, got list"),
+    ("- just\n- a list\n", "deploy.yaml: expected a mapping at the top level, got list"),
+    ("ops: {a: 1\n", "deploy.yaml: invalid YAML"),
+    ("!!python/object/apply:os.system ['echo hi']\n", "deploy.yaml: invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, message", CASES, ids=[c[1][:40] for c in CASES])
+def test_documented_error_messages(reg, tmp_path, text, message):
+    with pytest.raises(registry.ConfigError) as info:
+        reg.build_config("arm", write(tmp_path, text), device="generic")
+    assert message in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "deploy.yaml")) or "arm/generic.yaml" in str(info.value)
+
+
+def test_missing_file(reg, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(registry.ConfigError, match=rf"{missing}: file not found"):
+        reg.build_config("arm", str(missing))
+
+
+def test_keyword_override_errors_name_their_source(reg):
+    with pytest.raises(registry.ConfigError, match=r"<keyword overrides>: execution: expected one of"):
+        reg.build_config("arm", execution="gpu")
+
+
+def test_failed_enable_changes_nothing(tmp_path):
+    reg = registry.Registry()
+    reg.enable("reference")
+    before = reg.status()["ops"]
+    with pytest.raises(registry.ConfigError):
+        reg.enable("arm", write(tmp_path, "execution: fast\n"))
+    assert reg.status()["ops"].keys() == before.keys()
+    assert all(v["backend"] == "reference" for v in reg.status()["ops"].values())
+    reg.disable()
+
+
+def test_routing_check_is_exact_for_periodic_conditions():
+    rules = [
+        {"name": "m64", "when": {"m_multiple_of": 64}, "kernel": "dot", "block_m": 64, "block_n": 64, "block_k": 32},
+        {"name": "m8", "when": {"m_multiple_of": 8}, "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32},
+        {"name": "small", "when": {"m_max": 16}, "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32},
+    ]
+    layer = {"backend": "arm", "ops": {OP: {"routing": rules}}}
+    with pytest.raises(registry.ConfigError, match="no rule matches M=17"):
+        merge_layers([(layer, "t.yaml")])
+    rules.append({"name": "rest", "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32, "pad_m": True})
+    cfg = merge_layers([(layer, "t.yaml")])
+    assert [r.name for r in cfg.op(OP).routing] == ["m64", "m8", "small", "rest"]
