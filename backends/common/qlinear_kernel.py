@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-QMAX: tl.constexpr = 127.0
+QMAX = tl.constexpr(127.0)
+INF = tl.constexpr(float("inf"))
 SCAN_BLOCK_K_MAX = 512  # K tile of the per-row absmax pass (power of two)
 
 
@@ -58,11 +59,11 @@ def qlinear_kernel(
         for k0 in range(0, K, SCAN_BLOCK_K):
             rs = k0 + tl.arange(0, SCAN_BLOCK_K)
             a = tl.load(x_rows + rs[None, :] * stride_xk, mask=m_ok[:, None] & (rs < K)[None, :], other=0.0)
-            a = tl.where(a == a, tl.abs(a), float("inf"))
+            a = tl.where(a == a, tl.abs(a), INF)
             absmax = tl.maximum(absmax, tl.max(a, axis=1))
     else:
         absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(x_absmax_ptr)
-    row_ok = absmax < float("inf")                       # False for inf and NaN
+    row_ok = absmax < INF                       # False for inf and NaN
     x_scale = tl.where(absmax == 0.0, 1.0, absmax / QMAX)
     x_scale = tl.where(row_ok, x_scale, 1.0)
 
@@ -92,7 +93,7 @@ def qlinear_kernel(
         w_off = (k0 // LAYOUT_K) * LAYOUT_BLOCKS_N * (LAYOUT_K * LAYOUT_N) + (k0 % LAYOUT_K) * LAYOUT_N
         b = tl.load(w_ptr + w_off + w_tile_n + w_in_tile)
         if USE_DOT:
-            acc = tl.dot(q, b, acc)
+            acc = tl.dot(q, b, acc, out_dtype=tl.int32)
         else:
             acc += tl.sum(q.to(tl.int32)[:, :, None] * b.to(tl.int32)[None, :, :], axis=1)
         if HAS_WZP:
