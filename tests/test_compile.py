@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import triton
 
-from backends.common.qlinear_kernel import qlinear_kernel
+from backends.common.qlinear_kernel import ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, qlinear_kernel
 
 if "nvidia" not in triton.backends.backends:
     pytest.skip("this Triton build has no NVIDIA code generator to compile with", allow_module_level=True)
@@ -19,30 +19,32 @@ if "nvidia" not in triton.backends.backends:
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-POINTERS = {"x_ptr": "*fp32", "w_ptr": "*i8", "w_scale_ptr": "*fp32", "w_zp_ptr": "*i32", "bias_ptr": "*fp32",
-            "x_absmax_ptr": "*fp32", "out_ptr": "*fp32"}
-SCALARS = ("M", "N", "K", "LAYOUT_BLOCKS_N", "stride_xm", "stride_xk", "stride_om")
+POINTERS = {"x_ptr": "*fp32", "w_ptr": "*i8", "w_scale_ptr": "*fp32", "w_zp_ptr": "*i32", "w_colsum_ptr": "*i32",
+            "bias_ptr": "*fp32", "out_ptr": "*fp32"}
+SCALARS = {"M": "i32", "N": "i32", "K": "i32", "LAYOUT_BLOCKS_N": "i32", "stride_xm": "i32", "stride_xk": "i32",
+           "stride_om": "i32", "x_scale_arg": "fp32", "x_inv_scale": "fp32", "x_zp": "i32"}
 
 
-def compile_variant(block_m, block_k, use_dot, per_row, with_zp_and_bias):
+def compile_variant(block_m, block_k, use_dot, act, with_zp_and_bias):
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=block_k, LAYOUT_K=32, LAYOUT_N=64, SCAN_BLOCK_K=128,
-                      EVEN_M=False, EVEN_K=False, EVEN_N=False, PER_ROW=per_row, HAS_BIAS=with_zp_and_bias,
+                      EVEN_M=False, EVEN_K=False, EVEN_N=False, ACT=act, HAS_BIAS=with_zp_and_bias,
                       HAS_WZP=with_zp_and_bias, RELU=True, USE_DOT=use_dot)
-    signature = {**POINTERS, **{s: "i32" for s in SCALARS}, **{c: "constexpr" for c in constexprs}}
-    absent = ([] if with_zp_and_bias else ["w_zp_ptr", "bias_ptr"]) + (["x_absmax_ptr"] if per_row else [])
+    signature = {**POINTERS, **SCALARS, **{c: "constexpr" for c in constexprs}}
+    absent = ([] if with_zp_and_bias else ["w_zp_ptr", "bias_ptr"]) + ([] if act == ACT_NATIVE else ["w_colsum_ptr"])
     for name in absent:
         signature[name] = "constexpr"
         constexprs[name] = None
     return triton.compile(ASTSource(qlinear_kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
 
 
-@pytest.mark.parametrize("block_m, block_k, use_dot, per_row, with_zp_and_bias", [
-    (16, 32, True, True, True),        # tensor-core int8 dot, fused per-row quantization
-    (64, 32, True, False, False),      # prefill tile, per-tensor scale, symmetric weight
-    (1, 32, False, True, True),        # dot-free decode variant
+@pytest.mark.parametrize("block_m, block_k, use_dot, act, with_zp_and_bias", [
+    (16, 32, True, ACT_PER_ROW, True),        # tensor-core int8 dot, fused per-row quantization
+    (64, 32, True, ACT_PER_TENSOR, False),    # prefill tile, per-tensor scale, symmetric weight
+    (16, 32, True, ACT_NATIVE, True),         # PyTorch's asymmetric uint8 activations
+    (1, 32, False, ACT_PER_ROW, True),        # dot-free decode variant
 ])
-def test_kernel_compiles_for_sm90(block_m, block_k, use_dot, per_row, with_zp_and_bias):
-    kernel = compile_variant(block_m, block_k, use_dot, per_row, with_zp_and_bias)
+def test_kernel_compiles_for_sm90(block_m, block_k, use_dot, act, with_zp_and_bias):
+    kernel = compile_variant(block_m, block_k, use_dot, act, with_zp_and_bias)
     ptx = kernel.asm["ptx"]
     assert ".entry qlinear_kernel" in ptx
     assert ("mma" in ptx) == use_dot             # int8 tl.dot lowers to tensor-core MMA

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from backends.common.packed import unpack_weight  # noqa: E402
-from backends.common.qlinear_kernel import launch, qlinear_kernel  # noqa: E402
+from backends.common.qlinear_kernel import ACT_PER_ROW, launch, qlinear_kernel  # noqa: E402
 from backends.common.weights import prepare_weight  # noqa: E402
 from backends.reference.ops import linear_from_unpacked, quantize_activation  # noqa: E402
 from registry.config import load_yaml, merge_layers  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> int:
                 try:
                     t0 = time.perf_counter()
                     launch(qlinear_kernel, x.to(dev), prepared, out, block_m=bm, block_n=bn, block_k=bk,
-                           use_dot=kernel == "dot", per_row=True, relu=relu)
+                           use_dot=kernel == "dot", act=ACT_PER_ROW, relu=relu)
                     torch.cuda.synchronize()
                     row["seconds_first_call"] = round(time.perf_counter() - t0, 3)
                     row["error_over_bound"] = error_ratio(out.cpu(), x, w, relu)

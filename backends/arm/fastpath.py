@@ -27,7 +27,9 @@ class ModuleFastPath:
             params = module._packed_params
             if params.dtype != torch.qint8:
                 return original(module, x)
-            return run(x, params._packed_params, params)
+            # PyTorch's forward passes reduce_range=True from module version 4 on.
+            reduce_range = module.version is not None and module.version >= 4
+            return run(x, params._packed_params, params, reduce_range)
 
         forward.__wrapped__ = original
         self._original = original

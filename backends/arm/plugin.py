@@ -26,7 +26,8 @@ class ArmPlugin:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.runtime: ArmRuntime | None = None
+        self.runtime: ArmRuntime | None = None      # the runtime whose kernels are installed
+        self._pending: ArmRuntime | None = None     # built by op_kernels, active from on_enable
 
     @hookimpl
     def opregistry_backend_info(self):
@@ -58,15 +59,22 @@ class ArmPlugin:
     @hookimpl
     def opregistry_op_kernels(self, backend, config):
         runtime = ArmRuntime(config)  # raises BackendUnavailable before anything is installed
+        # On a re-enable the registry removes the previous kernels (on_disable)
+        # after this hook and before on_enable: the new runtime becomes the
+        # active one only then, so on_disable closes the old runtime, not this one.
         with self._lock:
-            if self.runtime is not None:
-                self.runtime.close()
-            self.runtime = runtime
+            if self._pending is not None:
+                self._pending.close()
+            self._pending = runtime
         return {op: OpKernel(runner, "CPU") for op, runner in runtime.runners.items()}
 
     @hookimpl
     def opregistry_on_enable(self, backend, config):
         with self._lock:
+            if self._pending is not None:
+                if self.runtime is not None:
+                    self.runtime.close()
+                self.runtime, self._pending = self._pending, None
             if self.runtime is not None:
                 self.runtime.enable_fast_path()
 
@@ -85,10 +93,6 @@ class ArmPlugin:
 
 def _validate_op(config, op_name, op) -> None:
     base = f"ops.{op_name}"
-    if op.activation_scale not in ("per_row", "per_tensor"):
-        key = f"{base}.activation_scale"
-        raise ConfigError(config.source_of(key), key,
-                          f"the arm backend supports per_row and per_tensor, got {op.activation_scale!r}")
     if op.enabled and not op.routing:
         key = f"{base}.routing"
         raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
@@ -98,13 +102,14 @@ def _validate_op(config, op_name, op) -> None:
         key = f"{base}.routing[{i}]"
         if rule.kernel not in KERNELS:
             raise ConfigError(src, f"{key}.kernel", f"expected one of {', '.join(KERNELS)}, got {rule.kernel!r}")
-        if layout.block_k % rule.block_k:
-            raise ConfigError(src, f"{key}.block_k",
-                              f"{rule.block_k} must divide weight_layout.block_k={layout.block_k} "
-                              "(each B tile is read from one cached weight tile)")
-        if layout.block_n % rule.block_n:
-            raise ConfigError(src, f"{key}.block_n",
-                              f"{rule.block_n} must divide weight_layout.block_n={layout.block_n}")
+        for tile in ("block_k", "block_n"):
+            if getattr(layout, tile) % getattr(rule, tile):
+                layout_src = config.source_of(f"{base}.weight_layout.{tile}")
+                set_in = "" if layout_src == src else f", set in {layout_src}"
+                raise ConfigError(src, f"{key}.{tile}",
+                                  f"{getattr(rule, tile)} must divide {base}.weight_layout.{tile}="
+                                  f"{getattr(layout, tile)}{set_in} (each B tile is read from one cached "
+                                  "weight tile)")
         for gpu_only in ("num_warps", "num_stages"):
             if getattr(rule, gpu_only) is not None:
                 raise ConfigError(src, f"{key}.{gpu_only}", "not used by the arm backend (GPU backends only)")

@@ -8,6 +8,7 @@ and runner per op, and the module fast path. ``disable()`` drops it whole.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from functools import partial
 
@@ -15,7 +16,9 @@ import torch
 
 from registry import BackendUnavailable, CallCounter, Config
 from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
-from backends.common.qlinear_kernel import InterpretedKernel, launch, qlinear_kernel
+from backends.common.native_qparams import choose_qparams
+from backends.common.qlinear_kernel import (ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, InterpretedKernel, launch,
+                                            qlinear_kernel)
 from backends.common.routing import Route, Router
 from backends.common.weights import PreparedWeight, WeightCache, prepare_weight
 
@@ -34,17 +37,19 @@ class OpRunner:
         self.runtime = runtime
         self.op = op
         self.relu = relu
-        self.per_row = cfg.activation_scale == "per_row"
-        self.layout = (cfg.weight_layout.block_k, cfg.weight_layout.block_n)
+        self.act = {"per_row": ACT_PER_ROW, "per_tensor": ACT_PER_TENSOR, "native": ACT_NATIVE}[cfg.activation_scale]
+        # What the cached weight is prepared for: tile layout, and column sums for native mode.
+        self.spec = (cfg.weight_layout.block_k, cfg.weight_layout.block_n, self.act == ACT_NATIVE)
         self.router = Router(cfg.routing, cfg.padding)
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}
 
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
-        """The dispatcher entry point (``reduce_range`` is ignored: int32 accumulation)."""
-        return self.run(x, w_prepack)
+        """The dispatcher entry point. ``reduce_range`` matters only in ``native``
+        mode (7-bit activations, as PyTorch); int32 accumulation needs no headroom."""
+        return self.run(x, w_prepack, reduce_range=reduce_range)
 
-    def run(self, x: torch.Tensor, w_prepack, owner=None) -> torch.Tensor:
-        w = self.runtime.weight(w_prepack, self.layout, self.op, owner)
+    def run(self, x: torch.Tensor, w_prepack, owner=None, reduce_range: bool = False) -> torch.Tensor:
+        w = self.runtime.weight(w_prepack, self.spec, self.op, owner)
         check_activation(x, w.k, self.op)
         x2d = x.reshape(-1, w.k)
         m = x2d.shape[0]
@@ -52,14 +57,35 @@ class OpRunner:
             return x.new_empty((*x.shape[:-1], w.n))
         route = self.router.route(m)
         self.counts[route.rule.name].increment()
-        if route.m_run != m:
-            padded = x2d.new_zeros(route.m_run, w.k)
-            padded[:m] = x2d
-            x2d = padded
         out = torch.empty(route.m_run, w.n, dtype=torch.float32)
-        absmax = None if self.per_row else x2d.abs().amax().reshape(1)
-        self.runtime.launch(x2d, w, out, route, self.per_row, self.relu, absmax)
+        qparams = self._tensor_qparams(x2d, reduce_range)
+        if qparams is None:                  # non-finite input: the whole tensor is NaN by contract
+            out.fill_(float("nan"))
+        else:
+            if route.m_run != m:
+                padded = x2d.new_zeros(route.m_run, w.k)
+                padded[:m] = x2d
+                x2d = padded
+            self.runtime.launch(x2d, w, out, route, self.act, self.relu, qparams)
         return out[:m].view(*x.shape[:-1], w.n)
+
+    def _tensor_qparams(self, x2d: torch.Tensor, reduce_range: bool) -> dict | None:
+        """Kernel arguments for modes whose scale spans the whole tensor
+        (``{}`` for per_row: the kernel finds its row scales itself)."""
+        if self.act == ACT_PER_ROW:
+            return {}
+        if self.act == ACT_PER_TENSOR:
+            absmax = x2d.abs().amax()
+            if not torch.isfinite(absmax):
+                return None
+            scale = (absmax / 127).item() if absmax > 0 else 1.0   # fp32 division, as the reference
+            return {"x_scale": scale}
+        lo, hi = torch.aminmax(x2d)
+        lo, hi = lo.item(), hi.item()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        p = choose_qparams(lo, hi, reduce_range)
+        return {"x_scale": p.scale, "x_inv_scale": p.inv_scale, "x_zp": p.zero_point}
 
 
 class ArmRuntime:
@@ -74,19 +100,20 @@ class ArmRuntime:
         self._fast_path = None
 
     # -- weights -------------------------------------------------------
-    def weight(self, w_prepack, layout, op, owner=None) -> PreparedWeight:
-        return self.cache.get(w_prepack, layout, op, owner)
+    def weight(self, w_prepack, spec, op, owner=None) -> PreparedWeight:
+        return self.cache.get(w_prepack, spec, op, owner)
 
     @staticmethod
-    def _prepare(w_prepack, layout, op) -> PreparedWeight:
-        return prepare_weight(unpack_weight(w_prepack, op), *layout, op=op)
+    def _prepare(w_prepack, spec, op) -> PreparedWeight:
+        layout_k, layout_n, native = spec
+        return prepare_weight(unpack_weight(w_prepack, op), layout_k, layout_n, op=op, native=native)
 
     # -- launching -----------------------------------------------------
-    def launch(self, x2d, w, out, route: Route, per_row: bool, relu: bool, absmax) -> None:
+    def launch(self, x2d, w, out, route: Route, act: int, relu: bool, qparams: dict) -> None:
         rule = route.rule
         use_dot = route.use_dot and rule.name not in self.dot_fallbacks
         run = partial(launch, self.kernel, x2d, w, out, block_m=rule.block_m, block_n=rule.block_n,
-                      block_k=rule.block_k, per_row=per_row, relu=relu, x_absmax=absmax)
+                      block_k=rule.block_k, act=act, relu=relu, **qparams)
         try:
             run(use_dot=use_dot)
         except Exception as exc:

@@ -2,12 +2,15 @@
 
 One Triton kernel computes ``y = dequant(quant(x) @ W_int8) (+ bias) (ReLU)``:
 
-* activations are quantized to int8 inside the kernel (symmetric, round half
-  to even; per-row scales from a first pass over the program's rows, or one
-  per-tensor absmax computed by the caller),
+* activations are quantized to int8 inside the kernel, round half to even:
+  symmetric with per-row scales from a first pass over the program's rows
+  (``per_row``), symmetric with one caller-computed scale (``per_tensor``), or
+  PyTorch's own asymmetric uint8 scheme (``native``: caller-computed scale and
+  zero point; the uint8 values are shifted by -128 into int8 and the shift is
+  undone in the epilogue with the weight's cached column sums),
 * ``int8 x int8 -> int32`` through ``tl.dot`` (``USE_DOT``) or, for compilers
   whose ``tl.dot`` rejects tiny M, a broadcast multiply and ``tl.sum``,
-* the epilogue applies the weight zero-point correction, activation x weight
+* the epilogue applies the zero-point corrections, activation x weight
   scales, bias, ReLU, and marks rows with non-finite input as NaN.
 
 The weight arrives pre-tiled as ``[Kp/LAYOUT_K, Np/LAYOUT_N, LAYOUT_K, LAYOUT_N]``
@@ -28,20 +31,24 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-QMAX = tl.constexpr(127.0)
+QMAX = tl.constexpr(127.0)    # symmetric int8 range [-127, 127]
+UMAX = tl.constexpr(255.0)    # PyTorch's uint8 activations (its reduce_range only narrows the scale)
 INF = tl.constexpr(float("inf"))
+
+ACT_PER_ROW, ACT_PER_TENSOR, ACT_NATIVE = 0, 1, 2   # values of the ACT constexpr
 SCAN_BLOCK_K_MAX = 512  # K tile of the per-row absmax pass (power of two)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["x_zp"])
 def qlinear_kernel(
-    x_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, x_absmax_ptr, out_ptr,
+    x_ptr, w_ptr, w_scale_ptr, w_zp_ptr, w_colsum_ptr, bias_ptr, out_ptr,
     M, N, K, LAYOUT_BLOCKS_N,
     stride_xm, stride_xk, stride_om,
+    x_scale_arg, x_inv_scale, x_zp,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     LAYOUT_K: tl.constexpr, LAYOUT_N: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr,
     RELU: tl.constexpr, USE_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -52,20 +59,22 @@ def qlinear_kernel(
     x_rows = x_ptr + rm[:, None] * stride_xm
     m_ok = rm < M
 
-    # -- activation scale: absmax per row (this program's rows) or per tensor.
-    # NaN is mapped to +inf so that a bad row is detected whatever max() does with NaN.
-    if PER_ROW:
+    # -- activation scale: absmax per row (this program's rows), or the caller's
+    # (which handles non-finite input itself). NaN is mapped to +inf so that a
+    # bad row is detected whatever max() does with NaN.
+    if ACT == 0:  # ACT_PER_ROW
         absmax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, SCAN_BLOCK_K):
             rs = k0 + tl.arange(0, SCAN_BLOCK_K)
             a = tl.load(x_rows + rs[None, :] * stride_xk, mask=m_ok[:, None] & (rs < K)[None, :], other=0.0)
             a = tl.where(a == a, tl.abs(a), INF)
             absmax = tl.maximum(absmax, tl.max(a, axis=1))
+        row_ok = absmax < INF                             # False for inf and NaN
+        x_scale = tl.where(absmax == 0.0, 1.0, absmax / QMAX)
+        x_scale = tl.where(row_ok, x_scale, 1.0)
     else:
-        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(x_absmax_ptr)
-    row_ok = absmax < INF                       # False for inf and NaN
-    x_scale = tl.where(absmax == 0.0, 1.0, absmax / QMAX)
-    x_scale = tl.where(row_ok, x_scale, 1.0)
+        row_ok = rm >= 0
+        x_scale = tl.zeros([BLOCK_M], dtype=tl.float32) + x_scale_arg
 
     # -- main loop over K: quantize the A tile, multiply with the cached B tile.
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
@@ -81,15 +90,24 @@ def qlinear_kernel(
             a = tl.load(x_tile)
         else:
             a = tl.load(x_tile, mask=m_ok[:, None] & ((k0 + rk) < K)[None, :], other=0.0)
-        a = tl.where(row_ok[:, None], a, 0.0)             # keep non-finite values out of the int cast
-        # Symmetric int8 quantization, round half to even (written out: no
-        # rint that all of Triton-CPU, CUDA and the interpreter share).
-        v = a / x_scale[:, None]
+        if ACT == 2:  # ACT_NATIVE: PyTorch multiplies by the fp32 reciprocal
+            v = a * x_inv_scale
+        else:
+            a = tl.where(row_ok[:, None], a, 0.0)         # keep non-finite values out of the int cast
+            v = a / x_scale[:, None]
+        # Round half to even, written out: no rint that all of Triton-CPU,
+        # CUDA and the interpreter share.
         fl = tl.floor(v)
         frac = v - fl                                     # exact for |v| < 2**23
         odd = (fl - 2.0 * tl.floor(fl * 0.5)) != 0.0
         r = fl + ((frac > 0.5) | ((frac == 0.5) & odd)).to(tl.float32)
-        q = tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
+        if ACT == 2:
+            # uint8 q = clamp(r + zp, 0, 255), stored shifted by -128 as int8.
+            q = (tl.minimum(tl.maximum(r + x_zp, 0.0), UMAX) - 128.0).to(tl.int8)
+            if not EVEN_K:  # a masked-off x of 0 quantizes to zp - 128, not 0
+                q = tl.where(((k0 + rk) < K)[None, :], q, 0)
+        else:
+            q = tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
         w_off = (k0 // LAYOUT_K) * LAYOUT_BLOCKS_N * (LAYOUT_K * LAYOUT_N) + (k0 % LAYOUT_K) * LAYOUT_N
         b = tl.load(w_ptr + w_off + w_tile_n + w_in_tile)
         if USE_DOT:
@@ -100,9 +118,12 @@ def qlinear_kernel(
             row_sum += tl.sum(q.to(tl.int32), axis=1)
 
     # -- epilogue. Weight vectors are padded to whole tiles: unmasked loads.
+    # int32 wraps modulo 2**32; the weight cache checked that the true sum fits.
     if HAS_WZP:
-        # int32 wraps modulo 2**32; the cache checked that the true sum fits.
         acc = acc - row_sum[:, None] * tl.load(w_zp_ptr + rn)[None, :]
+    if ACT == 2:
+        # sum_k (q_u - zp_x)(w - zp_w) = sum_k (q_u - 128)(w - zp_w) + (128 - zp_x) * colsum_n
+        acc = acc + (128 - x_zp) * tl.load(w_colsum_ptr + rn)[None, :]
     y = acc.to(tl.float32) * (x_scale[:, None] * tl.load(w_scale_ptr + rn)[None, :])
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn)[None, :]
@@ -116,25 +137,29 @@ def qlinear_kernel(
         tl.store(out, y, mask=m_ok[:, None] & (rn < N)[None, :])
 
 
-def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, per_row, relu,
-           x_absmax=None):
+def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, act, relu,
+           x_scale=1.0, x_inv_scale=1.0, x_zp=0):
     """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) over ``out``.
 
     ``x2d`` is ``[M, K]`` fp32 (any strides); ``out`` is ``[M, N]`` fp32 with unit
-    column stride; ``weight`` is a :class:`backends.common.weights.PreparedWeight`.
+    column stride; ``weight`` is a :class:`backends.common.weights.PreparedWeight`
+    (with ``colsum`` when ``act`` is ``ACT_NATIVE``). ``x_scale`` (and for
+    native ``x_inv_scale``, ``x_zp``) are the caller's activation qparams when
+    ``act`` is not ``ACT_PER_ROW``.
     """
     m, k = x2d.shape
     n = weight.n
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     scan = min(SCAN_BLOCK_K_MAX, triton.next_power_of_2(k))
     kernel[grid](
-        x2d, weight.w_tiled, weight.scale, weight.zero_point, weight.bias, x_absmax, out,
+        x2d, weight.w_tiled, weight.scale, weight.zero_point, weight.colsum, weight.bias, out,
         m, n, k, weight.layout_blocks_n,
         x2d.stride(0), x2d.stride(1), out.stride(0),
+        x_scale, x_inv_scale, x_zp,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         LAYOUT_K=weight.layout_k, LAYOUT_N=weight.layout_n, SCAN_BLOCK_K=scan,
         EVEN_M=m % block_m == 0, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0,
-        PER_ROW=per_row, HAS_BIAS=weight.bias is not None, HAS_WZP=weight.zero_point is not None,
+        ACT=act, HAS_BIAS=weight.bias is not None, HAS_WZP=weight.zero_point is not None,
         RELU=relu, USE_DOT=use_dot,
     )
     return out

@@ -13,7 +13,8 @@ import torch
 from .packed import UnpackedWeight
 
 INT32_MAX = 2**31 - 1
-QMAX = 127
+SYMMETRIC_ACT_MAX = 127   # |q| of symmetric int8 activations
+NATIVE_ACT_MAX = 255      # |q - zp| of PyTorch's uint8 activations
 
 
 def _round_up(v: int, multiple: int) -> int:
@@ -25,12 +26,14 @@ class PreparedWeight:
     """One weight in the kernel's layout: int8 tiles ``[Kp/LK, Np/LN, LK, LN]``
     and per-channel vectors padded to ``Np``. ``zero_point``/``bias`` are ``None``
     when absent (all-zero zero points are dropped: symmetric weights skip the
-    correction)."""
+    correction). ``colsum[n] = sum_k (w[n, k] - zero_point[n])`` is kept only for
+    the ``native`` activation mode."""
 
     w_tiled: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor | None
     bias: torch.Tensor | None
+    colsum: torch.Tensor | None
     n: int
     k: int
     layout_k: int
@@ -43,23 +46,31 @@ class PreparedWeight:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size()
-                   for t in (self.w_tiled, self.scale, self.zero_point, self.bias) if t is not None)
+                   for t in (self.w_tiled, self.scale, self.zero_point, self.bias, self.colsum)
+                   if t is not None)
 
     def to(self, device) -> "PreparedWeight":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PreparedWeight(move(self.w_tiled), move(self.scale), move(self.zero_point),
-                              move(self.bias), self.n, self.k, self.layout_k, self.layout_n)
+        return PreparedWeight(move(self.w_tiled), move(self.scale), move(self.zero_point), move(self.bias),
+                              move(self.colsum), self.n, self.k, self.layout_k, self.layout_n)
 
 
-def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str) -> PreparedWeight:
-    """Tile and pad an unpacked weight once; check the int32 accumulator bound."""
+def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
+                   native: bool = False) -> PreparedWeight:
+    """Tile and pad an unpacked weight once; check the int32 accumulator bound.
+
+    ``native``: prepare for PyTorch's asymmetric uint8 activations (keeps the
+    column sums; activations span up to 255 quanta instead of 127).
+    """
     n, k = w.w_int8.shape
-    centered_max = int((w.w_int8.to(torch.int32) - w.zero_point[:, None]).abs().max()) if n and k else 0
-    if k * QMAX * centered_max > INT32_MAX:
+    centered = w.w_int8.to(torch.int32) - w.zero_point[:, None]
+    centered_max = int(centered.abs().max()) if n and k else 0
+    act_max = NATIVE_ACT_MAX if native else SYMMETRIC_ACT_MAX
+    if k * act_max * centered_max > INT32_MAX:
         raise ValueError(
             f"{op}: K={k} is too large for an exact int32 accumulator with this weight "
-            f"(K x 127 x max|w - zero_point| = {k} x 127 x {centered_max} > 2**31 - 1); "
-            f"the largest K for it is {INT32_MAX // (QMAX * max(centered_max, 1))}")
+            f"(K x {act_max} x max|w - zero_point| = {k} x {act_max} x {centered_max} > 2**31 - 1); "
+            f"the largest K for it is {INT32_MAX // (act_max * max(centered_max, 1))}")
     kp, np_ = _round_up(max(k, 1), layout_k), _round_up(max(n, 1), layout_n)
     w_kn = torch.zeros(kp, np_, dtype=torch.int8)
     w_kn[:k, :n] = w.w_int8.T
@@ -76,7 +87,9 @@ def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str) -> 
     has_zp = bool((w.zero_point != 0).any())
     return PreparedWeight(tiled, padded(w.scale, torch.float32),
                           padded(w.zero_point, torch.int32) if has_zp else None,
-                          padded(w.bias, torch.float32), n, k, layout_k, layout_n)
+                          padded(w.bias, torch.float32),
+                          padded(centered.sum(dim=1), torch.int32) if native else None,
+                          n, k, layout_k, layout_n)
 
 
 class _Entry:
@@ -101,7 +114,7 @@ class WeightCache:
     A weight larger than ``max_bytes`` is prepared for the call and not kept.
     """
 
-    def __init__(self, max_bytes: int, prepare: Callable[[Any, tuple[int, int], str], PreparedWeight]):
+    def __init__(self, max_bytes: int, prepare: Callable[[Any, tuple, str], PreparedWeight]):
         self.max_bytes = max_bytes
         self._prepare = prepare
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -112,13 +125,14 @@ class WeightCache:
         self.misses = 0
         self.evictions = 0
 
-    def get(self, packed: Any, layout: tuple[int, int], op: str, owner: Any = None) -> PreparedWeight:
-        """The prepared weight for ``packed`` in ``layout`` (block_k, block_n).
+    def get(self, packed: Any, spec: tuple, op: str, owner: Any = None) -> PreparedWeight:
+        """The prepared weight for ``packed`` under ``spec`` (a hashable tuple the
+        ``prepare`` callable understands, e.g. the tile layout).
 
         ``owner``: an object whose lifetime bounds the weight's (the module's
         packed params); its collection drops the entry.
         """
-        key = (hash(packed), layout)
+        key = (hash(packed), spec)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -128,7 +142,7 @@ class WeightCache:
             self.misses += 1
         # Prepare outside the lock (slow: unpack + tiling); a concurrent miss on
         # the same weight prepares it twice and keeps one.
-        prepared = self._prepare(packed, layout, op)
+        prepared = self._prepare(packed, spec, op)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:

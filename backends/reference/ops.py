@@ -16,13 +16,22 @@ point ``zw[n]``, per tensor or per output channel):
 ``reduce_range`` exists in PyTorch's op to keep fbgemm's u8 x s8 pair sums
 inside int16; int32 accumulation of int8 x int8 cannot saturate that way, so
 it is accepted and ignored here (as qnnpack does).
+
+``activation_scale: native`` instead reproduces PyTorch's own (fbgemm/x86)
+activation quantization: per-tensor asymmetric uint8 with PyTorch's choice of
+scale and zero point (7-bit when ``reduce_range``), see
+:mod:`backends.common.native_qparams`; the sum is the same exact integer math
+on ``(q - zp_x)``, never fbgemm's int16 saturation.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from backends.common import LINEAR_DYNAMIC, UnpackedWeight, check_activation, unpack_weight
+from backends.common.native_qparams import choose_qparams
 
 QMAX = 127
 
@@ -34,20 +43,34 @@ def quantize_activation(x2d: torch.Tensor, mode: str = "per_row") -> tuple[torch
     elif mode == "per_tensor":
         absmax = x2d.abs().amax().reshape(1, 1)
     else:
-        raise ValueError(f"activation_scale: expected per_row or per_tensor, got {mode!r}")
+        raise ValueError(f"activation_scale: expected per_row, per_tensor or native, got {mode!r}")
     scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax / QMAX)
     q = torch.round(x2d / scale).clamp(-QMAX, QMAX)
     return q, scale
 
 
+def quantize_activation_native(x2d: torch.Tensor, reduce_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's uint8 scheme; return ``(q - zp, s)`` with ``s`` of shape [1, 1]
+    (NaN when the tensor has a non-finite value)."""
+    lo, hi = x2d.min().item(), x2d.max().item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return torch.zeros_like(x2d), torch.full((1, 1), float("nan"))
+    p = choose_qparams(lo, hi, reduce_range)
+    q = (torch.round(x2d * p.inv_scale) + p.zero_point).clamp(0, 255)
+    return q - p.zero_point, torch.full((1, 1), p.scale)
+
+
 def linear_from_unpacked(x: torch.Tensor, w: UnpackedWeight, relu: bool = False,
-                         activation_scale: str = "per_row") -> torch.Tensor:
+                         activation_scale: str = "per_row", reduce_range: bool = False) -> torch.Tensor:
     check_activation(x, w.in_features)
     x2d = x.reshape(-1, w.in_features)
     out_shape = (*x.shape[:-1], w.out_features)
     if x2d.shape[0] == 0:
         return x.new_zeros(out_shape)
-    q, s = quantize_activation(x2d, activation_scale)
+    if activation_scale == "native":
+        q, s = quantize_activation_native(x2d, reduce_range)
+    else:
+        q, s = quantize_activation(x2d, activation_scale)
     w_centered = w.w_int8.double() - w.zero_point.double()[:, None]
     acc = q.double() @ w_centered.T                      # exact: integers below 2**53
     y = acc * (s.double() * w.scale.double()[None, :])
@@ -62,5 +85,4 @@ def linear_from_unpacked(x: torch.Tensor, w: UnpackedWeight, relu: bool = False,
 def linear_dynamic(x: torch.Tensor, w_prepack, reduce_range: bool = False, *, relu: bool = False,
                    activation_scale: str = "per_row") -> torch.Tensor:
     """``quantized::linear_dynamic`` under the project's contract."""
-    del reduce_range  # see module docstring
-    return linear_from_unpacked(x, unpack_weight(w_prepack, LINEAR_DYNAMIC), relu, activation_scale)
+    return linear_from_unpacked(x, unpack_weight(w_prepack, LINEAR_DYNAMIC), relu, activation_scale, reduce_range)

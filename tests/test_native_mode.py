@@ -1,0 +1,127 @@
+"""``activation_scale: native`` reproduces PyTorch's own activation quantization.
+
+Bound against PyTorch's op (x86/fbgemm, ``reduce_range=True``): both choose the
+same scale and zero point and quantize with the same fp32 multiply and
+round-half-even, so the uint8 activations agree except where an fp32 product
+lands on a tie the two compute differently; the integer sums are exact on both
+sides (7-bit activations keep fbgemm's int16 pair sums from saturating); the rest
+is fp32 epilogue rounding. Per element: one activation quantum in one product,
+``s_x * s_w[n] * max_k |W[n,k] - zw[n]|``, plus 1e-5 of the magnitudes summed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import registry
+from backends.arm.runtime import ArmRuntime
+from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, unpack_weight
+from backends.common.native_qparams import choose_qparams
+from backends.reference.ops import linear_dynamic as reference_linear
+
+from conftest import make_packed, quantized_engine
+
+NATIVE_OPS = {op: {"activation_scale": "native"} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+
+
+@pytest.fixture(scope="module")
+def arm_native():
+    cfg = registry.Registry().build_config("arm", device="generic", execution="interpreter", ops=NATIVE_OPS)
+    return ArmRuntime(cfg)
+
+
+def test_qparams_equal_pytorchs_choice():
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(50, generator=g) * 10 ** e + shift for e in range(-7, 4) for shift in (0.0, 3.0, -3.0)]
+    cases += [torch.zeros(4), torch.full((4,), 2.5), torch.full((4,), -1e-9), torch.tensor([1e-12, 3e-12]),
+              torch.rand(30, generator=g) * 1e-6, torch.tensor([-5.0, 1e-20])]
+    checked = 0
+    for x in cases:
+        for reduce_range in (False, True):
+            scale, zp = torch._choose_qparams_per_tensor(x, reduce_range)
+            ours = choose_qparams(x.min().item(), x.max().item(), reduce_range)
+            assert ours.scale == pytest.approx(float(torch.tensor(scale, dtype=torch.float32)), rel=0, abs=0), x
+            assert ours.zero_point == zp, (x, reduce_range)
+            checked += 1
+    assert checked == 2 * len(cases)
+
+
+def native_bound(x2d, packed, reduce_range, y_ref):
+    w = unpack_weight(packed)
+    p = choose_qparams(x2d.min().item(), x2d.max().item(), reduce_range)
+    wc = w.w_int8.double() - w.zero_point.double()[:, None]
+    sxw = p.scale * w.scale.double()[None, :]
+    q = ((x2d.double() / p.scale).round() + p.zero_point).clamp(0, 255) - p.zero_point
+    magnitude = (q.abs() @ wc.abs().T) * sxw + (w.bias.double().abs() if w.bias is not None else 0)
+    return 1.01 * sxw * wc.abs().amax(dim=1)[None, :] + 1e-5 * magnitude + 1e-30
+
+
+MATRIX = [  # (m, n, k, per_channel, zero_point, bias)
+    (1, 70, 45, False, 0, True), (2, 67, 100, True, 0, True), (7, 70, 45, False, 4, False),
+    (9, 33, 64, True, -6, True), (64, 40, 32, False, 0, True), (65, 70, 45, True, 2, False),
+]
+
+
+@pytest.mark.parametrize("engine", ["x86", "fbgemm"])
+@pytest.mark.parametrize("m, n, k, per_channel, zp, bias", MATRIX)
+def test_matches_pytorch_native_op_with_reduce_range(arm_native, engine, m, n, k, per_channel, zp, bias):
+    packed = make_packed(n, k, per_channel=per_channel, zero_point=zp, bias=bias, engine=engine, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3 + 0.5
+    with quantized_engine(engine):
+        y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
+        y_ref = reference_linear(x, packed, True, activation_scale="native")
+        y_arm = arm_native.runners[LINEAR_DYNAMIC](x, packed, True)
+    bound = native_bound(x, packed, True, y_native)
+    for name, y in (("reference", y_ref), ("arm", y_arm)):
+        ratio = ((y.double() - y_native.double()).abs() / bound).max().item()
+        assert ratio <= 1.0, f"{name}: max error / bound = {ratio:.3g}"
+
+
+def test_relu_3d_and_padding_in_native_mode(arm_native):
+    packed = make_packed(30, 50, per_channel=True, zero_point=3)
+    x = torch.randn(2, 7, 50) + 1
+    with quantized_engine("x86"):
+        y_native = torch.ops.quantized.linear_relu_dynamic(x, packed, True)
+    y_arm = arm_native.runners[LINEAR_RELU_DYNAMIC](x, packed, True)
+    bound = native_bound(x.reshape(-1, 50), packed, True, None).reshape(2, 7, 30)
+    assert ((y_arm.double() - y_native.double()).abs() <= bound).all()
+
+
+def test_without_reduce_range_we_match_float64_asymmetric_math():
+    """reduce_range=False is the schema's default. fbgemm's AVX2 kernel then
+    lets u8 x s8 pair sums saturate int16 (hosts with AVX-512 VNNI accumulate
+    in int32 and do not); ours follow the intended math on every host."""
+    g = torch.Generator().manual_seed(11)
+    full_range = torch.randint(-128, 128, (70, 100), generator=g, dtype=torch.int8)
+    qweight = torch._make_per_tensor_quantized_tensor(full_range, 0.01, 0)
+    with quantized_engine("x86"):
+        packed = torch.ops.quantized.linear_prepack(qweight, torch.randn(70, generator=g))
+    x = torch.randn(16, 100, generator=g) * 3 + 0.5
+    _, bias = packed.unpack()
+
+    p = choose_qparams(x.min().item(), x.max().item(), False)
+    q = (torch.round(x * p.inv_scale) + p.zero_point).clamp(0, 255)
+    expected = ((q.double() - p.zero_point) * p.scale) @ qweight.dequantize().double().T + bias.double()
+    y_ref = reference_linear(x, packed, False, activation_scale="native")
+    torch.testing.assert_close(y_ref.double(), expected, rtol=1e-5, atol=1e-4)
+    exact = x.double() @ qweight.dequantize().double().T + bias.double()
+    assert ((y_ref.double() - exact).norm() / exact.norm()).item() < 0.02   # 8-bit quantization error only
+
+
+def test_non_finite_input_gives_nan(arm_native):
+    packed = make_packed(8, 16)
+    x = torch.randn(3, 16)
+    x[1, 2] = float("inf")
+    assert torch.isnan(arm_native.runners[LINEAR_DYNAMIC](x, packed, True)).all()
+    assert torch.isnan(reference_linear(x, packed, True, activation_scale="native")).all()
+
+
+def test_native_mode_through_the_dispatcher():
+    packed = make_packed(24, 40, engine="x86")
+    x = torch.randn(5, 40)
+    with quantized_engine("x86"):
+        y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
+        with registry.enabled(backend="arm", execution="interpreter", ops=NATIVE_OPS):
+            y = torch.ops.quantized.linear_dynamic(x, packed, True)
+    assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, True, None)).all()
