@@ -238,3 +238,30 @@ def test_device_key_selects_the_packaged_table():
     assert cfg.op(LINEAR_DYNAMIC).routing[0].kernel == "dot"
     with pytest.raises(registry.ConfigError, match=r"device.*no packaged config for device 'nope'; available: cix-p1, generic"):
         reg.build_config("arm", device="nope")
+
+
+def test_compiler_rejecting_tiny_dot_reroutes_rule_to_gemv_once():
+    """Simulates a Triton-CPU build whose tl.dot needs M >= 4: the rule is
+    re-routed to the dot-free kernel with one warning, results stay right."""
+    rt = arm_runtime("cix-p1")                          # decode-m1 is a BM=1 dot rule
+    interpreted = rt.kernel
+    compiled_dots = []
+
+    class PickyCompiler:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if kwargs["USE_DOT"] and kwargs["BLOCK_M"] < 4:
+                    compiled_dots.append(kwargs["BLOCK_M"])
+                    raise RuntimeError("Input shapes should have M >= 4, N >= 4 and K >= 4")
+                return interpreted[grid](*args, **kwargs)
+            return run
+
+    rt.kernel, rt.execution = PickyCompiler(), "native"
+    packed = make_packed(70, 45)
+    x = torch.randn(1, 45)
+    with pytest.warns(RuntimeWarning, match=r"rule 'decode-m1' now uses the gemv kernel.*M >= 4"):
+        y = rt.runners[LINEAR_DYNAMIC](x, packed)
+    assert_close_to_reference(y, x, packed)
+    y2 = rt.runners[LINEAR_DYNAMIC](x, packed)           # no second attempt, no second warning
+    assert compiled_dots == [1] and torch.equal(y, y2)
+    assert "decode-m1" in rt.status()["dot_fallbacks"]

@@ -117,15 +117,20 @@ class ArmRuntime:
         try:
             run(use_dot=use_dot)
         except Exception as exc:
-            # Some Triton-CPU builds reject tl.dot with M < 4 (or other tiny tiles).
-            # Re-route that rule to the dot-free variant once, loudly, not per call.
-            if not use_dot or self.execution != "native" or "dot" not in str(exc).lower():
+            # Some Triton-CPU builds reject tl.dot with M < 4 (and GPUs below 16).
+            # Re-route that rule to the dot-free variant once, loudly, not per call;
+            # if that fails too, the original error is the one to see.
+            if not use_dot or self.execution != "native":
                 raise
-            reason = f"tl.dot rejected tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: {exc}"
+            try:
+                run(use_dot=False)
+            except Exception:
+                raise exc from None
+            reason = (f"the compiler rejected tl.dot with tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             self.dot_fallbacks[rule.name] = reason
             warnings.warn(f"arm backend: routing rule {rule.name!r} now uses the gemv kernel; {reason}",
                           RuntimeWarning, stacklevel=2)
-            run(use_dot=False)
 
     # -- lifecycle -----------------------------------------------------
     def enable_fast_path(self) -> None:
