@@ -207,3 +207,16 @@ def test_torch_autoload_never_breaks_import_torch():
     bad = _run_python("import torch; print(torch.ones(1).item())", OPREGISTRY_AUTOLOAD="no-such-backend")
     assert bad.returncode == 0 and bad.stdout.strip() == "1.0", bad.stderr
     assert "could not be enabled" in bad.stderr
+
+
+def test_re_enabling_with_another_config_swaps_the_runtime(fresh_registry):
+    from torch.ao.nn.quantized.dynamic import Linear as DQLinear
+
+    original = DQLinear.forward
+    fresh_registry.enable("arm", execution="interpreter", weight_cache={"max_bytes": 1000})
+    fresh_registry.enable("arm", execution="interpreter", weight_cache={"max_bytes": 2000})
+    st = fresh_registry.status()["backends"]["arm"]
+    assert st["weight_cache"]["max_bytes"] == 2000 and st["fast_path"]
+    assert DQLinear.forward is not original
+    fresh_registry.disable()
+    assert DQLinear.forward is original
