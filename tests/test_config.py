@@ -79,7 +79,7 @@ CASES = [
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: tiled, block_m: 8, block_n: 64, block_k: 32}}\n",
      f"ops.{OP}.routing[0].kernel: expected one of dot, gemv, got 'tiled'"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 64}}\n",
-     f"ops.{OP}.routing[0].block_k: 64 must divide weight_layout.block_k=32"),
+     f"ops.{OP}.routing[0].block_k: 64 must divide ops.{OP}.weight_layout.block_k=32"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 32, num_warps: 4}}\n",
      "num_warps: not used by the arm backend"),
     ("backend: reference\n", "deploy.yaml: backend: this config is for backend 'reference', but backend 'arm' was requested"),
