@@ -10,7 +10,8 @@ version matches the installed torch::
     git clone --depth 1 --branch v2.13.0 https://github.com/pytorch/pytorch /tmp/pytorch
     python tools/run_pytorch_qlinear_test.py --pytorch-src /tmp/pytorch [--backend arm|reference]
 
-It needs pytest and hypothesis (the ``test`` extra). The ARM backend runs in
+It needs pytest and hypothesis (the ``test`` extra) and ``expecttest``, which
+``torch.testing._internal.common_utils`` imports. The ARM backend runs in
 ``interpreter`` execution unless ``--execution native`` (Triton-CPU hosts).
 Exit status is pytest's; the last line says how many calls the backend served.
 """
