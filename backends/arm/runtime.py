@@ -19,6 +19,8 @@ from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activatio
 from backends.common.native_qparams import choose_qparams
 from backends.common.qlinear_kernel import (ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, InterpretedKernel, launch,
                                             qlinear_kernel)
+from backends.common import fastpath
+from backends.common.fastpath import dynamic_linear_handler
 from backends.common.routing import Route, Router
 from backends.common.weights import PreparedWeight, WeightCache, prepare_weight
 
@@ -134,16 +136,14 @@ class ArmRuntime:
 
     # -- lifecycle -----------------------------------------------------
     def enable_fast_path(self) -> None:
-        from .fastpath import ModuleFastPath
-
         runner = self.runners.get(LINEAR_DYNAMIC)
         if runner is not None and self.config.op(LINEAR_DYNAMIC).fast_path:
-            self._fast_path = ModuleFastPath(runner)
-            self._fast_path.install()
+            self._fast_path = dynamic_linear_handler(runner.run, "cpu")
+            fastpath.DYNAMIC_LINEAR.add(self._fast_path)
 
     def close(self) -> None:
         if self._fast_path is not None:
-            self._fast_path.uninstall()
+            fastpath.DYNAMIC_LINEAR.remove(self._fast_path)
             self._fast_path = None
         self.cache.clear()
 

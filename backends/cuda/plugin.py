@@ -47,7 +47,8 @@ class CudaPlugin:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.runtime: CudaRuntime | None = None
+        self.runtime: CudaRuntime | None = None     # serving now
+        self._pending: CudaRuntime | None = None    # built by op_kernels, serving from on_enable
 
     @hookimpl
     def opregistry_backend_info(self):
@@ -81,14 +82,14 @@ class CudaPlugin:
     def opregistry_op_kernels(self, backend, config):
         runtime = CudaRuntime(config)  # raises BackendUnavailable before anything is installed
         with self._lock:
-            if self.runtime is not None:
-                self.runtime.close()
-            self.runtime = runtime
+            self._pending = runtime
         return {op: OpKernel(runner, runtime.dispatch_key) for op, runner in runtime.runners.items()}
 
     @hookimpl
     def opregistry_on_enable(self, backend, config):
+        # The registry has already disabled (on_disable) any earlier config of ours.
         with self._lock:
+            self.runtime, self._pending = self._pending, None
             if self.runtime is not None:
                 self.runtime.enable_fast_path()
 

@@ -24,6 +24,8 @@ import torch
 from registry import BackendUnavailable, CallCounter, Config
 from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
 from backends.common.qlinear_kernel import InterpretedKernel
+from backends.common import fastpath
+from backends.common.fastpath import dynamic_linear_handler
 from backends.common.routing import Router
 from backends.common.weights import WeightCache
 
@@ -86,7 +88,7 @@ class OpRunner:
         """The dispatcher entry point (``reduce_range`` is ignored: int32 accumulation)."""
         return self.run(x, w_prepack)
 
-    def run(self, x: torch.Tensor, w_prepack, owner=None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, w_prepack, owner=None, reduce_range: bool = False) -> torch.Tensor:
         rt = self.runtime
         if x.device.type != rt.device_type:
             raise ValueError(f"{self.op}: the cuda backend ({rt.execution}) expects X on a "
@@ -218,16 +220,14 @@ class CudaRuntime:
 
     # -- lifecycle -----------------------------------------------------
     def enable_fast_path(self) -> None:
-        from .fastpath import ModuleFastPath
-
         runner = self.runners.get(LINEAR_DYNAMIC)
         if runner is not None and self.config.op(LINEAR_DYNAMIC).fast_path:
-            self._fast_path = ModuleFastPath(runner, self.device_type)
-            self._fast_path.install()
+            self._fast_path = dynamic_linear_handler(runner.run, self.device_type)
+            fastpath.DYNAMIC_LINEAR.add(self._fast_path)
 
     def close(self) -> None:
         if self._fast_path is not None:
-            self._fast_path.uninstall()
+            fastpath.DYNAMIC_LINEAR.remove(self._fast_path)
             self._fast_path = None
         self.cache.clear()
 
