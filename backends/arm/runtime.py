@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from functools import partial
 
 import torch
 
@@ -53,7 +52,8 @@ class OpRunner:
     def run(self, x: torch.Tensor, w_prepack, owner=None, reduce_range: bool = False) -> torch.Tensor:
         w = self.runtime.weight(w_prepack, self.spec, self.op, owner)
         check_activation(x, w.k, self.op)
-        x2d = x.reshape(-1, w.k)
+        flat = x.dim() == 2
+        x2d = x if flat else x.reshape(-1, w.k)
         m = x2d.shape[0]
         if m == 0:
             return x.new_empty((*x.shape[:-1], w.n))
@@ -69,7 +69,9 @@ class OpRunner:
                 padded[:m] = x2d
                 x2d = padded
             self.runtime.launch(x2d, w, out, route, self.act, self.relu, qparams)
-        return out[:m].view(*x.shape[:-1], w.n)
+        if route.m_run != m:
+            out = out[:m]
+        return out if flat else out.view(*x.shape[:-1], w.n)
 
     def _tensor_qparams(self, x2d: torch.Tensor, reduce_range: bool) -> dict | None:
         """Kernel arguments for modes whose scale spans the whole tensor
@@ -114,10 +116,13 @@ class ArmRuntime:
     def launch(self, x2d, w, out, route: Route, act: int, relu: bool, qparams: dict) -> None:
         rule = route.rule
         use_dot = route.use_dot and rule.name not in self.dot_fallbacks
-        run = partial(launch, self.kernel, x2d, w, out, block_m=rule.block_m, block_n=rule.block_n,
-                      block_k=rule.block_k, act=act, relu=relu, **qparams)
+
+        def run(use_dot):
+            launch(self.kernel, x2d, w, out, block_m=rule.block_m, block_n=rule.block_n, block_k=rule.block_k,
+                   use_dot=use_dot, act=act, relu=relu, **qparams)
+
         try:
-            run(use_dot=use_dot)
+            run(use_dot)
         except Exception as exc:
             # Some Triton-CPU builds reject tl.dot with M < 4 (and GPUs below 16).
             # Re-route that rule to the dot-free variant once, loudly, not per call;
@@ -125,7 +130,7 @@ class ArmRuntime:
             if not use_dot or self.execution != "native":
                 raise
             try:
-                run(use_dot=False)
+                run(False)
             except Exception:
                 raise exc from None
             reason = (f"the compiler rejected tl.dot with tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: "
