@@ -34,6 +34,7 @@ OVERRIDES_SOURCE = "<keyword overrides>"
 EXECUTION_MODES = ("auto", "native", "interpreter")
 ACTIVATION_SCALES = ("per_row", "per_tensor", "native")
 CONDITION_KEYS = ("m", "m_multiple_of", "m_min", "m_max")
+MAX_ROUTING_PERIOD = 1 << 16  # largest lcm of m_multiple_of values check_routing accepts
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,41 @@ class Config:
 # Loading one layer
 # ---------------------------------------------------------------------------
 
+class _SafeLoaderNoDuplicates(yaml.SafeLoader):
+    """``yaml.safe_load`` semantics, except that a key given twice in one mapping
+    is an error (PyYAML silently keeps the last one). Merge keys (``<<``) may
+    still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | os.PathLike | Any) -> tuple[dict, str]:
     """Read one YAML file (a path or an importlib.resources traversable)."""
     source = str(path)
     try:
-        text = path.read_text() if hasattr(path, "read_text") else Path(path).read_text()
+        text = (path if hasattr(path, "read_text") else Path(path)).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(source, "", "file not found") from None
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoaderNoDuplicates)  # a yaml.SafeLoader: no arbitrary tags
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None
     if data is None:
@@ -252,9 +277,11 @@ def _build_op(op: Mapping, origins: Mapping, path: str) -> OpConfig:
 def check_routing(rules: tuple[RoutingRule, ...], source: str, path: str) -> None:
     """Every M >= 1 must be routed, and every rule must be reachable.
 
-    Conditions are equalities, bounds and divisibility, so matching is periodic
-    in M with period lcm(multiples) beyond the largest bound: checking
-    M in [1, largest bound + period] decides both questions exactly.
+    Conditions are equalities, bounds and divisibility. The bounds cut
+    [1, inf) into segments; inside one segment the same rules are in range and
+    matching repeats with period lcm(their multiples), so the first
+    min(segment length, period) values of each segment decide both questions
+    exactly, however large the bounds are.
     """
     if not rules:
         return
@@ -262,21 +289,34 @@ def check_routing(rules: tuple[RoutingRule, ...], source: str, path: str) -> Non
     for i, name in enumerate(names):
         if names.index(name) != i:
             raise ConfigError(source, f"{path}[{i}].name", f"duplicate rule name {name!r}")
+    spans = []  # (lo, hi) of each rule's bounds; hi None = unbounded
     for i, r in enumerate(rules):
-        if r.m_min is not None and r.m_max is not None and r.m_min > r.m_max:
+        lows = [v for v in (r.m, r.m_min) if v is not None]
+        highs = [v for v in (r.m, r.m_max) if v is not None]
+        lo, hi = max(lows, default=1), min(highs, default=None)
+        if hi is not None and lo > hi:
             raise ConfigError(source, f"{path}[{i}].when",
-                              f"m_min={r.m_min} > m_max={r.m_max}: the rule can never match")
-    period = math.lcm(*[r.m_multiple_of for r in rules if r.m_multiple_of] or [1])
-    bound = max([v for r in rules for v in (r.m, r.m_min, r.m_max) if v is not None] or [0])
+                              f"m={r.m}, m_min={r.m_min}, m_max={r.m_max}: the rule can never match")
+        spans.append((lo, hi))
+    cuts = sorted({1} | {lo for lo, _ in spans} | {hi + 1 for _, hi in spans if hi is not None})
     reached = [False] * len(rules)
-    for m in range(1, bound + period + 1):
-        for i, r in enumerate(rules):
-            if r.matches(m):
-                reached[i] = True
-                break
-        else:
-            raise ConfigError(source, path, f"no rule matches M={m}; end the table with a rule "
-                                            "that has no 'when' condition")
+    for j, start in enumerate(cuts):
+        end = cuts[j + 1] - 1 if j + 1 < len(cuts) else None
+        live = [i for i, (lo, hi) in enumerate(spans) if lo <= start and (hi is None or hi >= start)]
+        period = math.lcm(*[rules[i].m_multiple_of or 1 for i in live] or [1])
+        count = period if end is None else min(end - start + 1, period)
+        if count > MAX_ROUTING_PERIOD:
+            raise ConfigError(source, path, f"the m_multiple_of values of rules "
+                                            f"{', '.join(repr(rules[i].name) for i in live)} have lcm {period}; "
+                                            f"at most {MAX_ROUTING_PERIOD} is supported (use powers of two)")
+        for m in range(start, start + count):
+            for i in live:
+                if rules[i].matches(m):
+                    reached[i] = True
+                    break
+            else:
+                raise ConfigError(source, path, f"no rule matches M={m}; end the table with a rule "
+                                                "that has no 'when' condition")
     for i, ok in enumerate(reached):
         if not ok:
             raise ConfigError(source, f"{path}[{i}]",

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, check_layer, load_yaml, merge_layers
-from .errors import ConfigError, RegistryError
+from .errors import ConfigError, RegistryError, UnknownBackend
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
@@ -92,19 +92,31 @@ class Registry:
             layers.append((overrides, OVERRIDES_SOURCE))
 
         named = [(data["backend"], src) for data, src in layers if "backend" in data]
+        requested = backend is not None
         if backend is None:
             if not named:
-                raise ConfigError(OVERRIDES_SOURCE, "backend",
+                raise ConfigError(layers[0][1] if layers else OVERRIDES_SOURCE, "backend",
                                   "no backend given: pass backend= or set 'backend' in the config file")
             backend = named[-1][0]
         for name, src in named:
             if name != backend:
                 raise ConfigError(src, "backend", f"this config is for backend {name!r}, "
                                                   f"but backend {backend!r} was requested")
-        owner = self.plugins.get(backend)
+        try:
+            owner = self.plugins.get(backend)
+        except UnknownBackend as exc:
+            if requested:
+                raise
+            raise ConfigError(named[-1][1], "backend", str(exc)) from None
 
-        device = next((d["device"] for d, _ in reversed(layers) if d.get("device")), None)
-        packaged = self.plugins.call(backend, "opregistry_packaged_config", device=device)
+        device, device_src = next(((d["device"], src) for d, src in reversed(layers) if d.get("device")),
+                                  (None, None))
+        try:
+            packaged = self.plugins.call(backend, "opregistry_packaged_config", device=device)
+        except ConfigError as exc:
+            if device_src is None or exc.key != "device":
+                raise
+            raise ConfigError(device_src, "device", exc.detail) from None
         if packaged is not None:
             data, src = load_yaml(packaged)
             layers.insert(0, (data, src))

@@ -15,6 +15,7 @@ class ConfigError(RegistryError, ValueError):
     def __init__(self, source: str, key: str, message: str):
         self.source = source
         self.key = key
+        self.detail = message
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
 
