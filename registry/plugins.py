@@ -87,7 +87,7 @@ class Plugins:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - isolation is the point
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolation is the point (sys.exit too)
                 self._skip(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}", exc)
                 continue
             self.register(plugin, name=ep.name, distribution=dist, version=version)

@@ -220,3 +220,13 @@ def test_re_enabling_with_another_config_swaps_the_runtime(fresh_registry):
     assert DQLinear.forward is not original
     fresh_registry.disable()
     assert DQLinear.forward is original
+
+
+def test_plugin_calling_sys_exit_at_import_is_isolated(tmp_path, monkeypatch):
+    _install_dist(tmp_path, "exiting_dist", "[opregistry.backends]\nexiting = exiting_plugin\n",
+                  {"exiting_plugin": "import sys\nsys.exit(3)\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("OPREGISTRY_PLUGINS", raising=False)
+    with pytest.warns(registry.PluginWarning, match=r"plugin 'exiting' from distribution 'exiting_dist'.*SystemExit"):
+        names = {r["name"] for r in registry.Registry().backends()}
+    assert "reference" in names and "exiting" not in names
