@@ -125,3 +125,46 @@ def test_native_mode_through_the_dispatcher():
         with registry.enabled(backend="arm", execution="interpreter", ops=NATIVE_OPS):
             y = torch.ops.quantized.linear_dynamic(x, packed, True)
     assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, True, None)).all()
+
+
+def _grid_case(engine, m, k, n, per_channel, reduce_range, seed):
+    """PyTorch's own test, in spirit: uint8-grid activations (scale 1, zero point 0,
+    values spanning the full 8- or 7-bit range) and full-range int8 weights with
+    scale 1, so quantization is lossless and the answer is exact integer math."""
+    g = torch.Generator().manual_seed(seed)
+    x_max = 127 if reduce_range else 255
+    x = torch.randint(0, x_max + 1, (m, k), generator=g).float()
+    x[0, 0], x[0, 1] = 0, x_max                                   # pin the range: scale 1, zero point 0
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    bias = torch.randint(-10, 11, (n,), generator=g).float()
+    if per_channel:
+        qw = torch._make_per_channel_quantized_tensor(w, torch.ones(n, dtype=torch.double),
+                                                      torch.zeros(n, dtype=torch.long), 0)
+    else:
+        qw = torch._make_per_tensor_quantized_tensor(w, 1.0, 0)
+    with quantized_engine(engine):
+        packed = torch.ops.quantized.linear_prepack(qw, bias)
+    exact = x.double() @ w.double().T + bias.double()
+    return x, packed, exact
+
+
+@pytest.mark.parametrize("engine", ["x86", "fbgemm", "qnnpack", "onednn"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_integer_grid_is_exact_through_the_dispatcher(engine, per_channel, reduce_range, relu):
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"engine {engine} not built into this torch")
+    m, k, n = 5, 24, 7
+    x, packed, exact = _grid_case(engine, m, k, n, per_channel, reduce_range,
+                                  seed=len(engine) * 8 + per_channel * 4 + reduce_range * 2 + relu)
+    if relu:
+        exact = exact.clamp_min(0)
+    op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
+    with quantized_engine(engine):
+        for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+            with registry.enabled(backend=backend, ops=NATIVE_OPS, **extra):
+                y = op(x, packed, reduce_range)
+                served = registry.status()["ops"][LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC]
+            assert served["backend"] == backend and served["calls"] == 1
+            assert torch.equal(y.double(), exact), (backend, (y.double() - exact).abs().max())
