@@ -150,7 +150,7 @@ def _rule(**kw):
     (_rule(num_warps=3), "num_warps"),
     (_rule(pad_m=True), "mask the M edge"),
     (_rule(block_m=256, block_n=256, block_k=256, num_stages=4), "shared memory"),
-    (_rule(kernel="gemv", block_m=4, block_n=64, block_k=512, num_warps=4), "registers"),
+    (_rule(kernel="gemv_fused", block_m=4, block_n=64, block_k=512, num_warps=4), "registers"),
 ])
 def test_rule_limits(reg, rule, message):
     ops = {LINEAR: {"routing": [rule]}}
@@ -165,7 +165,7 @@ def test_weight_layout_rejected(reg):
 
 
 def test_gemv_small_tiles_allowed():
-    validate_rule("<test>", "r", RoutingRule("r", "gemv", 1, 16, 512, num_warps=4))
+    validate_rule("<test>", "r", RoutingRule("r", "gemv_fused", 1, 16, 512, num_warps=4))
     validate_rule("<test>", "r", RoutingRule("r", "gemv_fused", 2, 8, 256, num_warps=4))
 
 
@@ -180,12 +180,11 @@ def test_split_k_heuristic():
 # ---------------------------------------------------------------------------
 
 INTERP_RULES = [
-    RoutingRule("gemv", "gemv", 1, 16, 64),
     RoutingRule("gemv_fused", "gemv_fused", 1, 16, 64),
     RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 32),
-    RoutingRule("gemv_m4", "gemv", 4, 16, 32),
     RoutingRule("dot", "dot", 16, 32, 64),
     RoutingRule("dot_splitk", "dot_splitk", 16, 32, 64),
+    RoutingRule("dot_streamk", "dot_streamk", 16, 32, 64),
 ]
 
 # (m, n, k, weight kwargs): odd N/K, per-channel with zero points, no bias, M edge.
@@ -264,6 +263,11 @@ def _nvidia_compiler_available() -> bool:
         return False
 
 
+# What Triton specializes at launch on the GPU (pointers 16-byte aligned, these ints
+# multiples of 16): without it the offline build would not pipeline (no cp.async).
+_DIVISIBLE = {"Kp", "stride_qm", "stride_wn", "K_PER_SPLIT", "stride_om", "stride_xm"}
+
+
 def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, split=1):
     """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
     import triton
@@ -274,7 +278,9 @@ def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, sp
 
     def build(fn, types, consts, warps, stages):
         signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
-        return triton.compile(ASTSource(fn, signature, consts), target=target,
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+                 if a not in consts and (types[a].startswith("*") or a in _DIVISIBLE)}
+        return triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
                               options={"num_warps": warps, "num_stages": stages})
 
     warps, stages = rule.num_warps or 4, rule.num_stages or 3
@@ -284,26 +290,36 @@ def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, sp
         none.update(w_zp_ptr=None, rowsum_ptr=None)
     if not bias:
         none.update(bias_ptr=None)
-    flags = dict(HAS_WZP=wzp, HAS_BIAS=bias, RELU=relu)
-    if rule.kernel.startswith("dot"):
-        types = dict(xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32", w_ptr="*i8", M="i32", N="i32", Kp="i32",
+    flags = dict(HAS_WZP=wzp, HAS_BIAS=bias)
+    dot_types = dict(xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32", w_ptr="*i8", M="i32", N="i32", Kp="i32",
                      K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
-        consts = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, GROUP_M=8,
-                      SPLIT_K=split, **flags, **none)
-        compiled = build(K.dot_kernel, types, consts, warps, stages)
-    else:
-        fused = rule.kernel == "gemv_fused"
-        types = dict(x_ptr="*fp32", absmax_ptr="*fp32", xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32",
-                     w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32", stride_xm="i32", stride_xk="i32",
-                     stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
-        consts = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k, SCAN_BLOCK_K=512,
-                      FUSED_QUANT=fused, PER_ROW=True, absmax_ptr=None, **flags, **none)
-        if fused:
-            consts.update(xq_ptr=None, xs_ptr=None, rowsum_ptr=None)
-        else:
-            consts.update(x_ptr=None)
-        compiled = build(K.gemv_kernel, types, consts, warps, stages)
-    return compiled
+    tiles = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k)
+    if rule.kernel == "dot_streamk":
+        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none), warps, stages)
+    if rule.kernel.startswith("dot"):
+        consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none)
+        return build(K.dot_kernel, dot_types, consts, warps, stages)
+    none.pop("rowsum_ptr", None)
+    types = dict(x_ptr="*fp32", absmax_ptr="*fp32", w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32",
+                 stride_xm="i32", stride_xk="i32", stride_wn="i32", stride_om="i32", **vec)
+    consts = dict(**tiles, SCAN_BLOCK_K=512, PER_ROW=True, absmax_ptr=None, RELU=relu, **flags, **none)
+    return build(K.gemv_kernel, types, consts, warps, stages)
+
+
+def compile_quantize_sm90(block_k, qblock, scan_once, warps):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = K.quantize_kernel
+    types = dict(x_ptr="*fp32", xq_ptr="*i8", scale_ptr="*fp32", rowsum_ptr="*i32", absmax_ptr="*fp32",
+                 out_ptr="*fp32", K="i32", Kp="i32", N="i32", CHUNK_K="i32", CHUNK_N="i32", stride_xm="i32",
+                 stride_xk="i32", stride_qm="i32", stride_om="i32")
+    consts = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=True, WANT_ROWSUM=False,
+                  ZERO_OUT=True, rowsum_ptr=None, absmax_ptr=None, stride_xk=1)
+    signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
+    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "num_stages": 1})
 
 
 @pytest.mark.skipif(not _nvidia_compiler_available(), reason="Triton has no NVIDIA backend here")
@@ -317,6 +333,10 @@ def test_packaged_rules_compile_for_sm90(reg, device):
             ptx = compiled.asm["ptx"]
             if rule.kernel.startswith("dot"):
                 assert "mma" in ptx, f"{rule.name}: no tensor-core instruction in the PTX"
+                if (rule.num_stages or 3) > 1:
+                    assert "cp.async" in ptx, f"{rule.name}: the K loop is not pipelined (no cp.async)"
+    for block_k, qblock, scan_once, warps in ((32768, 2048, True, 16), (4096, 4096, True, 8), (1024, 1024, False, 2)):
+        assert "ld.global" in compile_quantize_sm90(block_k, qblock, scan_once, warps).asm["ptx"]
 
 
 # ---------------------------------------------------------------------------
@@ -354,8 +374,10 @@ def test_gpu_matches_reference(gpu_reg, n, k):
 
 @needs_gpu
 @pytest.mark.parametrize("rule", [
-    RoutingRule("gemv", "gemv", 1, 16, 256), RoutingRule("gemv_fused", "gemv_fused", 1, 16, 512),
+    RoutingRule("gemv_fused", "gemv_fused", 1, 16, 512),
     RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 256), RoutingRule("dot_splitk", "dot_splitk", 16, 64, 256),
+    RoutingRule("dot_streamk", "dot_streamk", 16, 64, 256, num_stages=4),
+    RoutingRule("dot_streamk_64", "dot_streamk", 64, 128, 256, num_stages=3),
     RoutingRule("dot_64", "dot", 64, 128, 128, num_stages=4), RoutingRule("dot_128", "dot", 128, 128, 128, num_warps=8),
     RoutingRule("dot_128x256", "dot", 128, 256, 64, num_warps=8, num_stages=4),
 ], ids=lambda r: r.name)

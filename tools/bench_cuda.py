@@ -62,25 +62,23 @@ L2_BYTES = 50 * 2**20
 
 # Kernel variants timed side by side (selectable in a config by these kernel names and tiles).
 VARIANTS = [
-    (RoutingRule("gemv_fused.1x16x512", "gemv_fused", 1, 16, 512, num_warps=4), 1, 4),
-    (RoutingRule("gemv_fused.1x32x256", "gemv_fused", 1, 32, 256, num_warps=4), 1, 4),
-    (RoutingRule("gemv.1x16x512", "gemv", 1, 16, 512, num_warps=4), 1, 4),
-    (RoutingRule("gemv_fused.2x16x256", "gemv_fused", 2, 16, 256, num_warps=4), 2, 4),
-    (RoutingRule("dot_splitk.16x64x256", "dot_splitk", 16, 64, 256, num_warps=4, num_stages=4), 1, 16),
-    (RoutingRule("dot_splitk.16x32x256", "dot_splitk", 16, 32, 256, num_warps=4, num_stages=4), 1, 16),
-    (RoutingRule("dot_splitk.64x128x128", "dot_splitk", 64, 128, 128, num_warps=4, num_stages=4), 16, 512),
+    (RoutingRule("gemv_fused.1x16x512", "gemv_fused", 1, 16, 512, num_warps=4), 1, 2),
+    (RoutingRule("dot_streamk.16x64x256", "dot_streamk", 16, 64, 256, num_warps=4, num_stages=4), 1, 16),
+    (RoutingRule("dot_streamk.64x128x256", "dot_streamk", 64, 128, 256, num_warps=4, num_stages=3), 16, 512),
+    (RoutingRule("dot_splitk.64x128x128", "dot_splitk", 64, 128, 128, num_warps=4, num_stages=4), 64, 512),
     (RoutingRule("dot.64x128x128", "dot", 64, 128, 128, num_warps=4, num_stages=4), 64, 2048),
-    (RoutingRule("dot.128x128x128", "dot", 128, 128, 128, num_warps=8, num_stages=3), 128, 10**9),
-    (RoutingRule("dot.128x256x64", "dot", 128, 256, 64, num_warps=8, num_stages=4), 512, 10**9),
-    (RoutingRule("dot.128x128x64", "dot", 128, 128, 64, num_warps=8, num_stages=4), 512, 10**9),
+    (RoutingRule("dot.128x128x64", "dot", 128, 128, 64, num_warps=8, num_stages=5), 512, 10**9),
+    (RoutingRule("dot.128x256x128", "dot", 128, 256, 128, num_warps=8, num_stages=3), 512, 10**9),
 ]
 # Smaller stand-ins for --cpu-smoke (interpreter: tiles must be tiny to finish).
 SMOKE_VARIANTS = [
     (RoutingRule("gemv_fused.1x16x64", "gemv_fused", 1, 16, 64), 1, 4),
-    (RoutingRule("gemv.1x16x64", "gemv", 1, 16, 64), 1, 4),
+    (RoutingRule("dot_streamk.16x32x64", "dot_streamk", 16, 32, 64), 1, 64),
     (RoutingRule("dot_splitk.16x32x64", "dot_splitk", 16, 32, 64), 1, 64),
     (RoutingRule("dot.16x32x64", "dot", 16, 32, 64), 1, 10**9),
 ]
+GRAPH_M_MAX = 16     # decode: also time the op and bf16 F.linear as CUDA-graph replays (GPU time alone)
+GRAPH_CALLS = 20
 
 
 def log(*a):
@@ -162,6 +160,31 @@ class Timer:
         self.sync()
         return (time.perf_counter() - t) / calls * 1e6
 
+    def graph_us(self, fn, calls: int = GRAPH_CALLS) -> float:
+        """GPU time per call without host launch gaps: ``calls`` calls captured in one CUDA
+        graph, replays timed with events (median of 10)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(10):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            graph.replay()
+            e1.record()
+            torch.cuda.synchronize()
+            times.append(e0.elapsed_time(e1) * 1e3 / calls)
+        return sorted(times)[len(times) // 2]
+
     def sync(self):
         if self.cuda:
             torch.cuda.synchronize()
@@ -180,7 +203,8 @@ class Rotating:
 
 
 def rotations(nbytes: int, cap: int = 16) -> int:
-    return 1 if nbytes >= L2_BYTES else min(cap, math.ceil(2 * L2_BYTES / max(nbytes, 1)))
+    # >= L2: two sets, so that back-to-back calls (CUDA-graph replays) never find the weight in L2
+    return 2 if nbytes >= L2_BYTES else min(cap, math.ceil(2 * L2_BYTES / max(nbytes, 1)))
 
 
 # ---------------------------------------------------------------------------
@@ -323,18 +347,24 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke) -
         xs = [torch.randn(m, k, device=device) for _ in range(x_rot)]
         idx = Rotating([(xs[i % x_rot], wps[i % n_rot], prepared[i % n_rot], i) for i in range(max(n_rot, x_rot))])
 
+        graph = timer.cuda and m <= GRAPH_M_MAX
+
         def measure(key, fn, host=False):
             try:
                 row[key + "_us"] = timer.ms(fn) * 1e3
                 if host:
                     row[key + "_host_us"] = timer.host_us(fn)
+                if graph:
+                    row[key + "_graph_us"] = timer.graph_us(fn)
             except Exception as exc:  # noqa: BLE001
                 row[key + "_us"] = None
                 row[key + "_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
         row["route"] = runner.router.route(m).rule.name
         measure("op_direct", lambda: runner.run(*idx.next()[:2]), host=True)
+        graph = False    # the dispatcher path: do_bench and host time only
         measure("op_dispatch", lambda: torch.ops.quantized.linear_dynamic(*idx.next()[:2], True), host=True)
+        graph = timer.cuda and m <= GRAPH_M_MAX
         xb = [x.to(torch.bfloat16) for x in xs]
         bidx = Rotating([(xb[i % x_rot], w_bf16[i % n_rot], bias_bf16[i % n_rot]) for i in range(max(n_rot, x_rot))])
         measure("bf16_linear", lambda: F.linear(*bidx.next()))
@@ -361,12 +391,24 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke) -
         if good:
             row["best_variant"] = min(good, key=good.get)
             row["best_variant_us"] = good[row["best_variant"]]
+        if graph:
+            # decode: the op's GPU time (graph replay) and its two launches apart
+            def prepass(rule=rt.runners[LINEAR].router.route(m).rule):
+                x, _, w, _ = idx.next()
+                return rt.quantize(x, w.kp, True, zero_out=torch.empty(m, n, device=device))
+            try:
+                row["prepass_graph_us"] = timer.graph_us(prepass)
+            except Exception as exc:  # noqa: BLE001
+                row["prepass_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         if row.get("op_direct_us"):
-            row["op_tops"] = row["flops"] / (row["op_direct_us"] * 1e-6) / 1e12
-            row["op_weight_bw_frac"] = row["hbm_floor_us"] / row["op_direct_us"]
+            gpu_us = row.get("op_direct_graph_us") or row["op_direct_us"]
+            row["op_tops"] = row["flops"] / (gpu_us * 1e-6) / 1e12
+            row["op_weight_bw_frac"] = row["hbm_floor_us"] / gpu_us
         rows.append(row)
         del xs, xb
-        log(f"  {name} M={m}: op {fmt(row.get('op_direct_us'))} us (dispatch {fmt(row.get('op_dispatch_us'))}, "
+        log(f"  {name} M={m}: op {fmt(row.get('op_direct_us'))} us (graph {fmt(row.get('op_direct_graph_us'))}, "
+            f"prepass {fmt(row.get('prepass_graph_us'))}, bf16 graph {fmt(row.get('bf16_linear_graph_us'))}, "
+            f"dispatch {fmt(row.get('op_dispatch_us'))}, "
             f"host {fmt(row.get('op_direct_host_us'))}), bf16 {fmt(row.get('bf16_linear_us'))}, "
             f"int_mm {fmt(row.get('int_mm_us'))}, floor {fmt(row['hbm_floor_us'])}, "
             f"best {row.get('best_variant', '-')} {fmt(row.get('best_variant_us'))}")
@@ -427,7 +469,7 @@ def plot(rows, bw, int8_peak_tops, path):
 
 
 def table(rows) -> str:
-    head = (f"{'shape':<17}{'M':>6} {'route':<12}{'op':>9}{'disp':>9}{'host':>9}{'bf16':>9}{'int_mm':>9}"
+    head = (f"{'shape':<17}{'M':>6} {'route':<15}{'op':>9}{'graph':>8}{'disp':>9}{'host':>9}{'bf16':>9}{'bf16g':>8}{'int_mm':>9}"
             f"{'floor':>8}{'%HBM':>6}{'TOPS':>7}  best variant (us)")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -435,8 +477,10 @@ def table(rows) -> str:
         pct = f"{100 * frac:.0f}" if frac else "-"
         tops = f"{r['op_tops']:.0f}" if r.get("op_tops") else "-"
         lines.append(
-            f"{r['shape']:<17}{r['M']:>6} {r.get('route', '-'):<12}{fmt(r.get('op_direct_us'), 9)}"
+            f"{r['shape']:<17}{r['M']:>6} {r.get('route', '-'):<15}{fmt(r.get('op_direct_us'), 9)}"
+            f"{fmt(r.get('op_direct_graph_us'), 8)}"
             f"{fmt(r.get('op_dispatch_us'), 9)}{fmt(r.get('op_direct_host_us'), 9)}{fmt(r.get('bf16_linear_us'), 9)}"
+            f"{fmt(r.get('bf16_linear_graph_us'), 8)}"
             f"{fmt(r.get('int_mm_us'), 9)}{fmt(r['hbm_floor_us'], 8)}"
             f"{pct:>6}{tops:>7}"
             f"  {r.get('best_variant', '-')} {fmt(r.get('best_variant_us'))}")
@@ -551,8 +595,9 @@ def main(argv=None) -> int:
     save()
     log(f"wrote {json_path} [{time.time() - t0:.0f}s]")
     if result["timing"]:
-        log("times in us (median); op = this backend via runner, disp = via dispatcher, host = back-to-back "
-            "wall time per call, floor = int8 weight bytes / copy BW, %HBM = floor / op")
+        log("times in us (median); op = this backend via runner (do_bench), graph = the same as CUDA-graph "
+            "replay (GPU time, M <= 16), disp = via dispatcher, host = back-to-back wall time per call, "
+            "bf16g = bf16 F.linear graph replay, floor = int8 weight bytes / copy BW, %HBM = floor / (graph or op)")
         log(table(result["timing"]))
     log(f"correctness failures: {failures}")
     return 1 if failures else 0

@@ -18,14 +18,20 @@ Kernels, one purpose each:
   (or per-tensor) absmax, symmetric int8 quantization (round half to even,
   IEEE division like PyTorch), writes ``Xq [M, Kp]`` int8 (zero padded),
   ``scale [M]`` fp32 (NaN marks a row with non-finite input) and optionally
-  ``rowsum [M]`` int32 (for the weight zero-point correction).
+  ``rowsum [M]`` int32 (for the weight zero-point correction); a row may be
+  quantized by several programs (chunks of K) for small M; optionally zeroes
+  the output rows for the GEMMs that accumulate with atomics.
 * :func:`dot_kernel`: int8 ``tl.dot`` tensor-core GEMM on ``Xq`` with a fused
   epilogue (zero point, scales, bias, ReLU, NaN rows); grouped tile order for
   L2 reuse; optional split-K (``SPLIT_K > 1``) accumulating fp32 partial
-  results with atomics into a zeroed output (ReLU is then applied after).
+  results with atomics into an output zeroed by the prepass (ReLU is then
+  applied after).
+* :func:`streamk_kernel`: decode GEMM for small M: equal contiguous ranges of
+  the (tile, K block) space per program, one wave of programs, fp32 partials
+  added with atomics (output zeroed by the prepass).
 * :func:`gemv_kernel`: CUDA-core int8 GEMV for tiny M, weights read once with
-  16-byte loads along K; ``FUSED_QUANT`` quantizes the fp32 activation inside
-  the kernel (one launch per call) instead of reading the prepass output.
+  16-byte loads along K; quantizes the fp32 activation inside the kernel (one
+  launch per call, no prepass).
 """
 
 from __future__ import annotations
@@ -68,38 +74,56 @@ def _absmax_abs(a):
 
 @triton.jit
 def quantize_kernel(
-    x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr,
-    K, Kp, stride_xm, stride_xk, stride_qm,
-    BLOCK_K: tl.constexpr, PER_ROW: tl.constexpr, WANT_ROWSUM: tl.constexpr,
+    x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr, out_ptr,
+    K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
+    BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SCAN_ONCE: tl.constexpr, PER_ROW: tl.constexpr,
+    WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr,
 ):
+    """Grid ``(M, chunks)``: program ``(row, c)`` finds the row's absmax over all of K
+    (``SCAN_ONCE``: one load of the whole row, all of it in flight), then quantizes
+    only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of ``Xq``; several chunks per
+    row spread a decode row's divisions over several SMs. ``ZERO_OUT`` also zeroes
+    ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs that accumulate with
+    atomics (saves a memset launch). ``WANT_ROWSUM`` needs one chunk per row."""
     row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
     x_row = x_ptr + row * stride_xm
-    q_row = xq_ptr + row * stride_qm
-    rk = tl.arange(0, BLOCK_K)
     if PER_ROW:
-        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + rk
-            a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
-            amax = tl.maximum(amax, _absmax_abs(a))
-        absmax = tl.max(amax, axis=0)
+        rk = tl.arange(0, BLOCK_K)
+        if SCAN_ONCE:
+            absmax = tl.max(_absmax_abs(tl.load(x_row + rk * stride_xk, mask=rk < K, other=0.0)), axis=0)
+        else:
+            amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + rk
+                amax = tl.maximum(amax, _absmax_abs(tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)))
+            absmax = tl.max(amax, axis=0)
     else:
         absmax = tl.load(absmax_ptr)                   # per-tensor absmax computed by the caller
     scale = _scale_from_absmax(absmax)
     ok = scale == scale
     safe = tl.where(ok, scale, 1.0)
-    rsum = tl.zeros([BLOCK_K], dtype=tl.int32)
-    for k0 in range(0, Kp, BLOCK_K):
-        ks = k0 + rk
+    rq = tl.arange(0, QBLOCK)
+    k_lo = c * CHUNK_K
+    k_hi = tl.minimum(k_lo + CHUNK_K, Kp)
+    rsum = tl.zeros([QBLOCK], dtype=tl.int32)
+    for k0 in range(k_lo, k_hi, QBLOCK):
+        ks = k0 + rq
         a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
-        a = tl.where(ok, a, 0.0)                       # keep NaN/Inf out of the int cast
-        q = _quantize(a, safe)
-        tl.store(q_row + ks, q.to(tl.int8), mask=ks < Kp)
+        q = _quantize(tl.where(ok, a, 0.0), safe)      # NaN/Inf kept out of the int cast
+        tl.store(xq_ptr + row * stride_qm + ks, q.to(tl.int8), mask=ks < k_hi)
         if WANT_ROWSUM:
             rsum += q.to(tl.int32)
-    tl.store(scale_ptr + row, scale)
-    if WANT_ROWSUM:
-        tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
+    if c == 0:
+        tl.store(scale_ptr + row, scale)
+        if WANT_ROWSUM:
+            tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
+    if ZERO_OUT:
+        n_lo = c * CHUNK_N
+        n_hi = tl.minimum(n_lo + CHUNK_N, N)
+        zero = tl.zeros([QBLOCK], dtype=tl.float32)
+        for n0 in range(n_lo, n_hi, QBLOCK):
+            tl.store(out_ptr + row * stride_om + n0 + rq, zero, mask=(n0 + rq) < n_hi)
 
 
 @triton.jit
@@ -172,13 +196,61 @@ def dot_kernel(
 
 
 @triton.jit
-def gemv_kernel(
-    x_ptr, absmax_ptr, xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
-    M, N, K, Kp, stride_xm, stride_xk, stride_qm, stride_wn, stride_om,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
-    FUSED_QUANT: tl.constexpr, PER_ROW: tl.constexpr,
-    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+def streamk_kernel(
+    xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, Kp, stride_qm, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
+    """Decode GEMM (small M): the (tile, K block) iteration space is cut into equal
+    contiguous ranges, one per program (a grid of exactly the resident programs), so
+    every SM streams the same number of weight bytes, with no tail wave. A program
+    walks its range tile by tile and adds each tile's fp32 partial into ``out``
+    (zeroed by the prepass) with atomics; the partial that starts at K = 0 carries
+    the zero-point correction and the bias."""
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    k_blocks = Kp // BLOCK_K
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    total = tl.cdiv(N, BLOCK_N) * tiles_m * k_blocks
+    u0 = (pid * total) // num_programs
+    u1 = ((pid + 1) * total) // num_programs
+    rk = tl.arange(0, BLOCK_K)
+    for t in range(u0 // k_blocks, (u1 + k_blocks - 1) // k_blocks):
+        kb0 = tl.maximum(u0 - t * k_blocks, 0)
+        kb1 = tl.minimum(u1 - t * k_blocks, k_blocks)
+        pid_m = t % tiles_m                             # M tiles of one N tile are neighbours: weights shared in L2
+        pid_n = t // tiles_m
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # < Np: the weight is padded to N_ALIGN
+        rm_safe = rm % M                               # clamp: unmasked A loads, rows never stored
+        a_ptrs = xq_ptr + rm_safe.to(tl.int64)[:, None] * stride_qm + rk[None, :]
+        b_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        for kb in range(kb0, kb1):
+            a = tl.load(a_ptrs + kb * BLOCK_K)
+            b = tl.load(b_ptrs + kb * BLOCK_K)
+            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        xs = tl.load(xs_ptr + rm_safe)
+        if HAS_WZP:
+            rowsum = tl.load(rowsum_ptr + rm_safe)
+        else:
+            rowsum = xs                                # unused
+        y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, kb0 == 0, HAS_WZP, HAS_BIAS)
+        out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+        # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
+        tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, absmax_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, K, Kp, stride_xm, stride_xk, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
+    PER_ROW: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+):
+    """One launch per call: each program finds its rows' absmax, quantizes the fp32
+    activation on the fly and multiplies with ``[BN, BK]`` weight tiles on CUDA cores."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -187,24 +259,19 @@ def gemv_kernel(
     m_ok = rm < M
     rm_safe = (rm % M).to(tl.int64)
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
-
-    if FUSED_QUANT:
-        x_rows = x_ptr + rm_safe[:, None] * stride_xm
-        if PER_ROW:
-            rs = tl.arange(0, SCAN_BLOCK_K)
-            amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, K, SCAN_BLOCK_K):
-                a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
-                amax = tl.maximum(amax, _absmax_abs(a))
-            absmax = tl.max(amax, axis=1)
-        else:
-            absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
-        xs = _scale_from_absmax(absmax)
-        ok = xs == xs
-        safe = tl.where(ok, xs, 1.0)
+    x_rows = x_ptr + rm_safe[:, None] * stride_xm
+    if PER_ROW:
+        rs = tl.arange(0, SCAN_BLOCK_K)
+        amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, SCAN_BLOCK_K):
+            a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
+            amax = tl.maximum(amax, _absmax_abs(a))
+        absmax = tl.max(amax, axis=1)
     else:
-        xs = tl.load(xs_ptr + rm_safe)
-        q_rows = xq_ptr + rm_safe[:, None] * stride_qm
+        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
+    xs = _scale_from_absmax(absmax)
+    ok = xs == xs
+    safe = tl.where(ok, xs, 1.0)
 
     # Accumulate elementwise in registers over the whole K loop; reduce once at the end.
     if BLOCK_M == 1:
@@ -214,15 +281,11 @@ def gemv_kernel(
     rsum = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)
     for k0 in range(0, Kp, BLOCK_K):
         w = tl.load(w_ptrs + k0).to(tl.int32)                       # [BN, BK], unmasked, 16-byte rows
-        if FUSED_QUANT:
-            ks = k0 + rk
-            a = tl.load(x_rows + ks[None, :] * stride_xk, mask=(ks < K)[None, :], other=0.0)
-            a = tl.where(ok[:, None], a, 0.0)
-            q = _quantize(a, safe[:, None]).to(tl.int32)               # [BM, BK]
-            if HAS_WZP:
-                rsum += q
-        else:
-            q = tl.load(q_rows + (k0 + rk)[None, :]).to(tl.int32)
+        ks = k0 + rk
+        a = tl.load(x_rows + ks[None, :] * stride_xk, mask=(ks < K)[None, :], other=0.0)
+        q = _quantize(tl.where(ok[:, None], a, 0.0), safe[:, None]).to(tl.int32)   # [BM, BK]
+        if HAS_WZP:
+            rsum += q
         if BLOCK_M == 1:
             acc2 += w * q
         else:
@@ -233,10 +296,7 @@ def gemv_kernel(
         acc = tl.sum(acc3, axis=2)
 
     if HAS_WZP:
-        if FUSED_QUANT:
-            rowsum = tl.sum(rsum, axis=1)
-        else:
-            rowsum = tl.load(rowsum_ptr + rm_safe)
+        rowsum = tl.sum(rsum, axis=1)
     else:
         rowsum = xs
     y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, True, HAS_WZP, HAS_BIAS)

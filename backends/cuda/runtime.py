@@ -33,11 +33,18 @@ from . import kernels as K
 from .weights import CudaWeight, prepare_cuda_weight
 
 # Kernel names a routing rule may use (config key ``kernel``).
-DOT_KERNELS = ("dot", "dot_splitk")
-GEMV_KERNELS = ("gemv", "gemv_fused")
+DOT_KERNELS = ("dot", "dot_splitk", "dot_streamk")
+GEMV_KERNELS = ("gemv_fused",)
 KERNELS = DOT_KERNELS + GEMV_KERNELS
 
-QUANT_BLOCK_K_MAX = 1024    # K tile of the activation prepass
+# Activation prepass (quantize_kernel) shapes:
+QUANT_SMALL_M = 64                # up to this M, a row's quantization is split over chunks of K ...
+QUANT_CHUNK = 2048                # ... of this many columns (the row's absmax is read whole by each)
+QUANT_SCAN_ONCE_MAX = 32768       # ... when the whole row fits in one load (<= 64 fp32 per thread)
+QUANT_PREFILL_SCAN_ONCE_MAX = 4096  # larger M: one load per row up to this K, else a loop ...
+QUANT_BLOCK_K = 1024              # ... of this K tile (small programs, many per SM)
+SMEM_PER_SM = 228 * 1024    # H100; the occupancy estimate of the stream-K grid
+STREAMK_MAX_PER_SM = 4      # stream-K programs per SM at most
 SCAN_BLOCK_K_MAX = 512      # K tile of the fused GEMV's absmax scan
 GROUP_M = 8
 DEFAULT_NUM_WARPS = 4
@@ -69,6 +76,7 @@ class Kernels:
 
     quantize: object
     dot: object
+    streamk: object
     gemv: object
 
 
@@ -117,6 +125,7 @@ class CudaRuntime:
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
         self._fast_path = None
+        self.streamk_per_sm = 0            # 0: from the occupancy estimate (a benchmark may force it)
 
     # -- weights -------------------------------------------------------
     def weight(self, w_prepack, device: torch.device, op: str, owner=None) -> CudaWeight:
@@ -148,14 +157,24 @@ class CudaRuntime:
         has_wzp = w.zero_point is not None
         if rule.kernel == "gemv_fused":
             out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
-            self._gemv(x2d, absmax, None, None, None, w, out, rule, per_row, relu, warps, stages, fused=True)
-            return out
-        xq, xs, rowsum = self.quantize(x2d, w.kp, per_row, absmax, has_wzp)
-        if rule.kernel == "gemv":
-            out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
-            self._gemv(None, None, xq, xs, rowsum, w, out, rule, per_row, relu, warps, stages, fused=False)
+            self._gemv(x2d, absmax, w, out, rule, per_row, relu, warps, stages)
             return out
         bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
+        has_bias = w.bias is not None
+        if rule.kernel == "dot_streamk":
+            out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
+            xq, xs, rowsum = self.quantize(x2d, w.kp, per_row, absmax, has_wzp, zero_out=out)
+            units = triton_cdiv(m, bm) * triton_cdiv(n, bn) * (w.kp // bk)
+            programs = min(units, self._resident_programs(x2d.device, rule, warps, stages))
+            self.kernels.streamk[(programs,)](
+                xq, xs, rowsum, w.w, w.scale, w.zero_point, w.bias, out,
+                m, n, w.kp, xq.stride(0), w.w.stride(0), out.stride(0),
+                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
+                num_warps=warps, num_stages=stages,
+            )
+            if relu:
+                torch.relu_(out)                               # NaN stays NaN
+            return out
         tiles = triton_cdiv(m, bm) * triton_cdiv(n, bn)
         k_blocks = w.kp // bk
         split = 1
@@ -163,23 +182,23 @@ class CudaRuntime:
             split = split_k_for(tiles, k_blocks, self._target_programs(x2d.device))
         k_per_split = triton_cdiv(k_blocks, split) * bk
         split = triton_cdiv(w.kp, k_per_split)
-        if split > 1:
-            out = torch.zeros(m, n, dtype=torch.float32, device=x2d.device)
-        else:
-            out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
+        out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
+        xq, xs, rowsum = self.quantize(x2d, w.kp, per_row, absmax, has_wzp, zero_out=out if split > 1 else None)
         self.kernels.dot[(tiles, split)](
             xq, xs, rowsum, w.w, w.scale, w.zero_point, w.bias, out,
             m, n, w.kp, k_per_split, xq.stride(0), w.w.stride(0), out.stride(0),
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, SPLIT_K=split,
-            HAS_WZP=has_wzp, HAS_BIAS=w.bias is not None, RELU=relu,
+            HAS_WZP=has_wzp, HAS_BIAS=has_bias, RELU=relu,
             num_warps=warps, num_stages=stages,
         )
         if split > 1 and relu:
             torch.relu_(out)                                   # NaN stays NaN
         return out
 
-    def quantize(self, x2d: torch.Tensor, kp: int, per_row: bool, absmax=None, want_rowsum: bool = False):
-        """Activation prepass: ``(xq [M, kp] int8, scale [M] fp32, rowsum [M] int32 or None)``."""
+    def quantize(self, x2d: torch.Tensor, kp: int, per_row: bool, absmax=None, want_rowsum: bool = False,
+                 zero_out: torch.Tensor | None = None):
+        """Activation prepass: ``(xq [M, kp] int8, scale [M] fp32, rowsum [M] int32 or None)``;
+        also zeroes ``zero_out`` ([M, N] fp32) when given."""
         m, k = x2d.shape
         dev = x2d.device
         xq = torch.empty(m, kp, dtype=torch.int8, device=dev)
@@ -187,30 +206,46 @@ class CudaRuntime:
         rowsum = torch.empty(m, dtype=torch.int32, device=dev) if want_rowsum else None
         if per_row is False and absmax is None:
             absmax = x2d.abs().amax().reshape(1)
-        block_k = min(QUANT_BLOCK_K_MAX, _next_pow2(kp))
-        self.kernels.quantize[(m,)](
-            x2d, xq, xs, rowsum, absmax, k, kp, x2d.stride(0), x2d.stride(1), xq.stride(0),
-            BLOCK_K=block_k, PER_ROW=per_row, WANT_ROWSUM=want_rowsum,
-            num_warps=4 if block_k >= 512 else 1,
+        n_out = 0 if zero_out is None else zero_out.shape[1]
+        if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
+            # decode: the whole row in one load, its quantization split over chunks of K
+            block_k, scan_once, qblock = _next_pow2(k), True, QUANT_CHUNK
+            chunks = 1 if want_rowsum else triton_cdiv(kp, QUANT_CHUNK)
+        elif k <= QUANT_PREFILL_SCAN_ONCE_MAX:
+            block_k, scan_once, chunks = _next_pow2(k), True, 1
+            qblock = block_k
+        else:
+            block_k, scan_once, qblock, chunks = QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
+        chunk_k = triton_cdiv(triton_cdiv(kp, chunks), 16) * 16
+        chunk_n = triton_cdiv(n_out, chunks)
+        self.kernels.quantize[(m, chunks)](
+            x2d, xq, xs, rowsum, absmax, zero_out, k, kp, n_out, chunk_k, chunk_n,
+            x2d.stride(0), x2d.stride(1), xq.stride(0), 0 if zero_out is None else zero_out.stride(0),
+            BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=per_row, WANT_ROWSUM=want_rowsum,
+            ZERO_OUT=zero_out is not None, num_warps=quant_warps(block_k),
         )
         return xq, xs, rowsum
 
-    def _gemv(self, x2d, absmax, xq, xs, rowsum, w: CudaWeight, out, rule, per_row, relu, warps, stages, fused):
+    def _gemv(self, x2d, absmax, w: CudaWeight, out, rule, per_row, relu, warps, stages):
         m, n = out.shape
-        bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
-        grid = (triton_cdiv(n, bn), triton_cdiv(m, bm))
-        scan = min(SCAN_BLOCK_K_MAX, _next_pow2(w.k))
-        src = x2d if fused else xq
+        grid = (triton_cdiv(n, rule.block_n), triton_cdiv(m, rule.block_m))
         self.kernels.gemv[grid](
-            x2d, absmax, xq, xs, rowsum, w.w, w.scale, w.zero_point, w.bias, out,
-            m, n, w.k, w.kp,
-            src.stride(0) if fused else 0, src.stride(1) if fused else 0,
-            0 if fused else xq.stride(0), w.w.stride(0), out.stride(0),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SCAN_BLOCK_K=scan,
-            FUSED_QUANT=fused, PER_ROW=per_row,
+            x2d, absmax, w.w, w.scale, w.zero_point, w.bias, out,
+            m, n, w.k, w.kp, x2d.stride(0), x2d.stride(1), w.w.stride(0), out.stride(0),
+            BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
+            SCAN_BLOCK_K=min(SCAN_BLOCK_K_MAX, _next_pow2(w.k)), PER_ROW=per_row,
             HAS_WZP=w.zero_point is not None, HAS_BIAS=w.bias is not None, RELU=relu,
             num_warps=warps, num_stages=stages,
         )
+
+    def _resident_programs(self, device: torch.device, rule, warps: int, stages: int) -> int:
+        """Programs of one full wave for the stream-K grid: SMs x blocks per SM
+        (estimated from the tiles' shared memory and the warps)."""
+        if device.type != "cuda":
+            return 8
+        per_sm = self.streamk_per_sm or max(1, min(SMEM_PER_SM // tile_smem(rule, stages), 64 // warps,
+                                                   STREAMK_MAX_PER_SM))
+        return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
     def _target_programs(self, device: torch.device) -> int:
         """Programs wanted in flight for split-K: two waves of the device's SMs."""
@@ -249,6 +284,18 @@ def split_k_for(tiles: int, k_blocks: int, target_programs: int) -> int:
     if tiles >= target_programs:
         return 1
     return max(1, min(k_blocks, math.ceil(target_programs / tiles)))
+
+
+def tile_smem(rule, stages: int) -> int:
+    """Shared memory of a dot tile as Triton 3.6 allocates it for sm_90: ``stages`` buffers
+    for wgmma tiles (block_m >= 64), ``stages - 1`` for mma.sync tiles; plus 1 KiB."""
+    buffers = stages if rule.block_m >= 64 else max(1, stages - 1)
+    return (rule.block_m + rule.block_n) * rule.block_k * buffers + 1024
+
+
+def quant_warps(block_k: int) -> int:
+    """Warps of the prepass: about 16 fp32 values of the row per thread, 1..16 warps."""
+    return max(1, min(16, block_k // 512))
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -308,12 +355,13 @@ def _resolve_execution(mode: str):
     if mode == "interpreter":
         return "interpreter", Kernels(_RestoringInterpretedKernel(K.quantize_kernel),
                                       _RestoringInterpretedKernel(K.dot_kernel),
+                                      _RestoringInterpretedKernel(K.streamk_kernel),
                                       _RestoringInterpretedKernel(K.gemv_kernel)), (
             "Triton interpreter on CPU tensors (ops registered for the CPU key): validates the "
             "kernel source on any host; not for speed")
     ok, detail = cuda_status()
     if ok:
-        return "native", Kernels(K.quantize_kernel, K.dot_kernel, K.gemv_kernel), detail
+        return "native", Kernels(K.quantize_kernel, K.dot_kernel, K.streamk_kernel, K.gemv_kernel), detail
     raise BackendUnavailable(
         f"cuda backend: execution={mode!r} needs a CUDA device: {detail}. "
         "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "
