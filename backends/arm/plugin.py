@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from importlib.resources import files
 
-from registry import Availability, BackendInfo, ConfigError, OpKernel, hookimpl
+from registry import Availability, BackendInfo, ConfigError, hookimpl
 
 from backends.common import LINEAR_OPS
+from backends.common.plugin import RuntimePlugin
 
 from .device import detect_device, read_cpuinfo, triton_cpu_status
 from .runtime import KERNELS, ArmRuntime
@@ -20,14 +20,9 @@ def packaged_devices() -> list[str]:
     return sorted(p.name[:-5] for p in _CONFIG_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-class ArmPlugin:
+class ArmPlugin(RuntimePlugin):
     """Hooks of the ARM backend. The registry makes one instance, which owns the
     :class:`ArmRuntime` of the enabled config between enable and disable."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.runtime: ArmRuntime | None = None      # the runtime whose kernels are installed
-        self._pending: ArmRuntime | None = None     # built by op_kernels, active from on_enable
 
     @hookimpl
     def opregistry_backend_info(self):
@@ -56,39 +51,8 @@ class ArmPlugin:
         for op_name, op in config.ops.items():
             _validate_op(config, op_name, op)
 
-    @hookimpl
-    def opregistry_op_kernels(self, backend, config):
-        runtime = ArmRuntime(config)  # raises BackendUnavailable before anything is installed
-        # On a re-enable the registry removes the previous kernels (on_disable)
-        # after this hook and before on_enable: the new runtime becomes the
-        # active one only then, so on_disable closes the old runtime, not this one.
-        with self._lock:
-            if self._pending is not None:
-                self._pending.close()
-            self._pending = runtime
-        return {op: OpKernel(runner, "CPU") for op, runner in runtime.runners.items()}
-
-    @hookimpl
-    def opregistry_on_enable(self, backend, config):
-        with self._lock:
-            if self._pending is not None:
-                if self.runtime is not None:
-                    self.runtime.close()
-                self.runtime, self._pending = self._pending, None
-            if self.runtime is not None:
-                self.runtime.enable_fast_path()
-
-    @hookimpl
-    def opregistry_on_disable(self, backend):
-        with self._lock:
-            if self.runtime is not None:
-                self.runtime.close()
-                self.runtime = None
-
-    @hookimpl
-    def opregistry_backend_status(self, backend):
-        with self._lock:
-            return self.runtime.status() if self.runtime is not None else {}
+    def make_runtime(self, config):
+        return ArmRuntime(config)
 
 
 def _validate_op(config, op_name, op) -> None:

@@ -93,6 +93,8 @@ class OpRunner:
 
 
 class ArmRuntime:
+    dispatch_key = "CPU"
+
     def __init__(self, config: Config):
         self.config = config
         self.execution, self.kernel, self.execution_detail = _resolve_execution(config.execution)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from importlib.resources import files
 
-from registry import Availability, BackendInfo, ConfigError, OpKernel, hookimpl
+from registry import Availability, BackendInfo, ConfigError, hookimpl
 
 from backends.common import LINEAR_OPS
+from backends.common.plugin import RuntimePlugin
 
 from .kernels import K_ALIGN, N_ALIGN
 from .runtime import DOT_KERNELS, GEMV_KERNELS, KERNELS, CudaRuntime, cuda_status
@@ -41,14 +41,9 @@ def detect_device() -> str:
     return DEFAULT_DEVICE
 
 
-class CudaPlugin:
+class CudaPlugin(RuntimePlugin):
     """Hooks of the CUDA backend. The registry makes one instance, which owns the
     :class:`CudaRuntime` of the enabled config between enable and disable."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.runtime: CudaRuntime | None = None     # serving now
-        self._pending: CudaRuntime | None = None    # built by op_kernels, serving from on_enable
 
     @hookimpl
     def opregistry_backend_info(self):
@@ -78,32 +73,9 @@ class CudaPlugin:
         for op_name, op in config.ops.items():
             validate_op(config, op_name, op)
 
-    @hookimpl
-    def opregistry_op_kernels(self, backend, config):
-        runtime = CudaRuntime(config)  # raises BackendUnavailable before anything is installed
-        with self._lock:
-            self._pending = runtime
-        return {op: OpKernel(runner, runtime.dispatch_key) for op, runner in runtime.runners.items()}
+    def make_runtime(self, config):
+        return CudaRuntime(config)
 
-    @hookimpl
-    def opregistry_on_enable(self, backend, config):
-        # The registry has already disabled (on_disable) any earlier config of ours.
-        with self._lock:
-            self.runtime, self._pending = self._pending, None
-            if self.runtime is not None:
-                self.runtime.enable_fast_path()
-
-    @hookimpl
-    def opregistry_on_disable(self, backend):
-        with self._lock:
-            if self.runtime is not None:
-                self.runtime.close()
-                self.runtime = None
-
-    @hookimpl
-    def opregistry_backend_status(self, backend):
-        with self._lock:
-            return self.runtime.status() if self.runtime is not None else {}
 
 
 def validate_op(config, op_name, op) -> None:
