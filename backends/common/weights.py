@@ -63,33 +63,42 @@ def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
     column sums; activations span up to 255 quanta instead of 127).
     """
     n, k = w.w_int8.shape
-    centered = w.w_int8.to(torch.int32) - w.zero_point[:, None]
-    centered_max = int(centered.abs().max()) if n and k else 0
-    act_max = NATIVE_ACT_MAX if native else SYMMETRIC_ACT_MAX
-    if k * act_max * centered_max > INT32_MAX:
-        raise ValueError(
-            f"{op}: K={k} is too large for an exact int32 accumulator with this weight "
-            f"(K x {act_max} x max|w - zero_point| = {k} x {act_max} x {centered_max} > 2**31 - 1); "
-            f"the largest K for it is {INT32_MAX // (act_max * max(centered_max, 1))}")
+    centered = check_accumulator_bound(w, NATIVE_ACT_MAX if native else SYMMETRIC_ACT_MAX, op)
     kp, np_ = _round_up(max(k, 1), layout_k), _round_up(max(n, 1), layout_n)
     w_kn = torch.zeros(kp, np_, dtype=torch.int8)
     w_kn[:k, :n] = w.w_int8.T
     tiled = (w_kn.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)
              .permute(0, 2, 1, 3).contiguous().reshape(-1))
 
-    def padded(v: torch.Tensor | None, dtype) -> torch.Tensor | None:
-        if v is None:
-            return None
-        out = torch.zeros(np_, dtype=dtype)
-        out[:n] = v
-        return out
-
     has_zp = bool((w.zero_point != 0).any())
-    return PreparedWeight(tiled, padded(w.scale, torch.float32),
-                          padded(w.zero_point, torch.int32) if has_zp else None,
-                          padded(w.bias, torch.float32),
-                          padded(centered.sum(dim=1), torch.int32) if native else None,
+    return PreparedWeight(tiled, pad_vector(w.scale, np_, torch.float32),
+                          pad_vector(w.zero_point, np_, torch.int32) if has_zp else None,
+                          pad_vector(w.bias, np_, torch.float32),
+                          pad_vector(centered.sum(dim=1), np_, torch.int32) if native else None,
                           n, k, layout_k, layout_n)
+
+
+def check_accumulator_bound(w: UnpackedWeight, act_max: int, op: str) -> torch.Tensor:
+    """Raise unless ``K x act_max x max|w - zero_point|`` fits an int32 sum exactly;
+    return the centered weight ``w - zero_point`` (int32, [N, K])."""
+    n, k = w.w_int8.shape
+    centered = w.w_int8.to(torch.int32) - w.zero_point[:, None]
+    centered_max = int(centered.abs().max()) if n and k else 0
+    if k * act_max * centered_max > INT32_MAX:
+        raise ValueError(
+            f"{op}: K={k} is too large for an exact int32 accumulator with this weight "
+            f"(K x {act_max} x max|w - zero_point| = {k} x {act_max} x {centered_max} > 2**31 - 1); "
+            f"the largest K for it is {INT32_MAX // (act_max * max(centered_max, 1))}")
+    return centered
+
+
+def pad_vector(v: torch.Tensor | None, length: int, dtype) -> torch.Tensor | None:
+    """``v`` zero-padded to ``length`` (per-channel vectors padded to whole tiles)."""
+    if v is None:
+        return None
+    out = torch.zeros(length, dtype=dtype)
+    out[:v.shape[0]] = v
+    return out
 
 
 class _Entry:

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from backends.common import UnpackedWeight
+from backends.common.weights import SYMMETRIC_ACT_MAX, check_accumulator_bound, pad_vector
 
 from .kernels import K_ALIGN, N_ALIGN
-
-INT32_MAX = 2**31 - 1
-QMAX = 127
 
 
 def _round_up(v: int, multiple: int) -> int:
@@ -57,32 +55,15 @@ class CudaWeight:
                           self.n, self.k)
 
 
-def max_exact_k(w: UnpackedWeight) -> int:
-    """Largest K for which ``K x 127 x max|w - zp|`` fits an int32 accumulator."""
-    n, k = w.w_int8.shape
-    centered = int((w.w_int8.to(torch.int32) - w.zero_point[:, None]).abs().max()) if n and k else 0
-    return INT32_MAX // (QMAX * max(centered, 1))
-
-
 def prepare_cuda_weight(w: UnpackedWeight, op: str) -> CudaWeight:
     """Pad to ``[Np, Kp]`` on the CPU; check the exact int32 accumulator bound."""
     n, k = w.w_int8.shape
-    limit = max_exact_k(w)
-    if k > limit:
-        raise ValueError(f"{op}: K={k} is too large for an exact int32 accumulator with this weight "
-                         f"(K x 127 x max|w - zero_point| > 2**31 - 1); the largest K for it is {limit}")
+    check_accumulator_bound(w, SYMMETRIC_ACT_MAX, op)
     kp, np_ = _round_up(max(k, 1), K_ALIGN), _round_up(max(n, 1), N_ALIGN)
     w_nk = torch.zeros(np_, kp, dtype=torch.int8)
     w_nk[:n, :k] = w.w_int8
 
-    def padded(v: torch.Tensor | None, dtype) -> torch.Tensor | None:
-        if v is None:
-            return None
-        out = torch.zeros(np_, dtype=dtype)
-        out[:n] = v
-        return out
-
     has_zp = bool((w.zero_point != 0).any())
-    return CudaWeight(w_nk, padded(w.scale, torch.float32),
-                      padded(w.zero_point, torch.int32) if has_zp else None,
-                      padded(w.bias, torch.float32), n, k)
+    return CudaWeight(w_nk, pad_vector(w.scale, np_, torch.float32),
+                      pad_vector(w.zero_point, np_, torch.int32) if has_zp else None,
+                      pad_vector(w.bias, np_, torch.float32), n, k)
