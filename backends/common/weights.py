@@ -17,7 +17,7 @@ SYMMETRIC_ACT_MAX = 127   # |q| of symmetric int8 activations
 NATIVE_ACT_MAX = 255      # |q - zp| of PyTorch's uint8 activations
 
 
-def _round_up(v: int, multiple: int) -> int:
+def round_up(v: int, multiple: int) -> int:
     return -(-v // multiple) * multiple
 
 
@@ -64,7 +64,7 @@ def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
     """
     n, k = w.w_int8.shape
     centered = check_accumulator_bound(w, NATIVE_ACT_MAX if native else SYMMETRIC_ACT_MAX, op)
-    kp, np_ = _round_up(max(k, 1), layout_k), _round_up(max(n, 1), layout_n)
+    kp, np_ = round_up(max(k, 1), layout_k), round_up(max(n, 1), layout_n)
     w_kn = torch.zeros(kp, np_, dtype=torch.int8)
     w_kn[:k, :n] = w.w_int8.T
     tiled = (w_kn.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)

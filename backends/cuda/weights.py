@@ -12,13 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from backends.common import UnpackedWeight
-from backends.common.weights import SYMMETRIC_ACT_MAX, check_accumulator_bound, pad_vector
+from backends.common.weights import SYMMETRIC_ACT_MAX, check_accumulator_bound, pad_vector, round_up
 
 from .kernels import K_ALIGN, N_ALIGN
-
-
-def _round_up(v: int, multiple: int) -> int:
-    return -(-v // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ def prepare_cuda_weight(w: UnpackedWeight, op: str) -> CudaWeight:
     """Pad to ``[Np, Kp]`` on the CPU; check the exact int32 accumulator bound."""
     n, k = w.w_int8.shape
     check_accumulator_bound(w, SYMMETRIC_ACT_MAX, op)
-    kp, np_ = _round_up(max(k, 1), K_ALIGN), _round_up(max(n, 1), N_ALIGN)
+    kp, np_ = round_up(max(k, 1), K_ALIGN), round_up(max(n, 1), N_ALIGN)
     w_nk = torch.zeros(np_, kp, dtype=torch.int8)
     w_nk[:n, :k] = w.w_int8
 
