@@ -524,7 +524,7 @@ def measure_overhead(k: int = 2048, n: int = 2048, m: int = 1, iters: int = 2000
             result["arm_execution"] = runtime.execution
             result["dispatcher_us"] = _per_call(lambda: op(x, packed, True), iters) * 1e6
             result["fast_path_us"] = _per_call(lambda: qlin(x), iters) * 1e6
-            result["fast_path_on"] = runtime.status()["fast_path"]
+            result["fast_path_on"] = registry.status()["backends"]["arm"]["fast_path"]
     return result
 
 

@@ -18,8 +18,6 @@ from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activatio
 from backends.common.native_qparams import choose_qparams
 from backends.common.qlinear_kernel import (ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, InterpretedKernel, launch,
                                             qlinear_kernel)
-from backends.common import fastpath
-from backends.common.fastpath import dynamic_linear_handler
 from backends.common.routing import Route, Router
 from backends.common.weights import PreparedWeight, WeightCache, prepare_weight
 
@@ -94,6 +92,7 @@ class OpRunner:
 
 class ArmRuntime:
     dispatch_key = "CPU"
+    device_type = "cpu"
 
     def __init__(self, config: Config):
         self.config = config
@@ -103,7 +102,6 @@ class ArmRuntime:
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
         self.dot_fallbacks: dict[str, str] = {}
-        self._fast_path = None
 
     # -- weights -------------------------------------------------------
     def weight(self, w_prepack, spec, op, owner=None) -> PreparedWeight:
@@ -142,16 +140,7 @@ class ArmRuntime:
                           RuntimeWarning, stacklevel=2)
 
     # -- lifecycle -----------------------------------------------------
-    def enable_fast_path(self) -> None:
-        runner = self.runners.get(LINEAR_DYNAMIC)
-        if runner is not None and self.config.op(LINEAR_DYNAMIC).fast_path:
-            self._fast_path = dynamic_linear_handler(runner.run, "cpu")
-            fastpath.DYNAMIC_LINEAR.add(self._fast_path)
-
     def close(self) -> None:
-        if self._fast_path is not None:
-            fastpath.DYNAMIC_LINEAR.remove(self._fast_path)
-            self._fast_path = None
         self.cache.clear()
 
     def status(self) -> dict:
@@ -161,7 +150,6 @@ class ArmRuntime:
             "device": self.config.device,
             "config_files": list(self.config.sources),
             "weight_cache": self.cache.stats(),
-            "fast_path": self._fast_path is not None,
             "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
             "dot_fallbacks": dict(self.dot_fallbacks),
         }

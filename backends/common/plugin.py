@@ -5,8 +5,9 @@ config, not serving yet), then disables any earlier config of the same backend
 (``opregistry_on_disable`` closes the runtime serving until then), installs
 the kernels and calls ``opregistry_on_enable``, from which the new runtime
 serves. A subclass says how to build its runtime; the runtime offers
-``runners`` (op name -> callable), ``dispatch_key``, ``enable_fast_path()``,
-``close()`` and ``status()``.
+``config``, ``runners`` (op name -> runner with ``run``), ``dispatch_key``,
+``device_type``, ``close()`` and ``status()``. The module fast path (when the
+config allows it) is registered here for the serving runtime and removed with it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from abc import ABC, abstractmethod
 
 from registry import Config, OpKernel, hookimpl
 
+from .fastpath import DYNAMIC_LINEAR, dynamic_linear_handler
+from .packed import LINEAR_DYNAMIC
+
 
 class RuntimePlugin(ABC):
     def __init__(self):
         self._lock = threading.Lock()
         self.runtime = None     # serving now
         self._pending = None    # built by op_kernels, serving from on_enable
+        self._fast_path = None  # our handler in the module fast-path slot, while serving
 
     @abstractmethod
     def make_runtime(self, config: Config):
@@ -38,12 +43,17 @@ class RuntimePlugin(ABC):
     def opregistry_on_enable(self, backend, config):
         with self._lock:
             self.runtime, self._pending = self._pending, None
-            if self.runtime is not None:
-                self.runtime.enable_fast_path()
+            runner = self.runtime.runners.get(LINEAR_DYNAMIC) if self.runtime is not None else None
+            if runner is not None and self.runtime.config.op(LINEAR_DYNAMIC).fast_path:
+                self._fast_path = dynamic_linear_handler(runner.run, self.runtime.device_type)
+                DYNAMIC_LINEAR.add(self._fast_path)
 
     @hookimpl
     def opregistry_on_disable(self, backend):
         with self._lock:
+            if self._fast_path is not None:
+                DYNAMIC_LINEAR.remove(self._fast_path)
+                self._fast_path = None
             if self.runtime is not None:
                 self.runtime.close()
                 self.runtime = None
@@ -51,4 +61,6 @@ class RuntimePlugin(ABC):
     @hookimpl
     def opregistry_backend_status(self, backend):
         with self._lock:
-            return self.runtime.status() if self.runtime is not None else {}
+            if self.runtime is None:
+                return {}
+            return {**self.runtime.status(), "fast_path": self._fast_path is not None}

@@ -24,8 +24,6 @@ import torch
 from registry import BackendUnavailable, CallCounter, Config
 from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
 from backends.common.qlinear_kernel import InterpretedKernel
-from backends.common import fastpath
-from backends.common.fastpath import dynamic_linear_handler
 from backends.common.routing import Router
 from backends.common.weights import WeightCache
 
@@ -124,7 +122,6 @@ class CudaRuntime:
         self.runners = {op: OpRunner(self, op, relu)
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
-        self._fast_path = None
         self.streamk_per_sm = 0            # 0: from the occupancy estimate (a benchmark may force it)
 
     # -- weights -------------------------------------------------------
@@ -254,16 +251,7 @@ class CudaRuntime:
         return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
     # -- lifecycle -----------------------------------------------------
-    def enable_fast_path(self) -> None:
-        runner = self.runners.get(LINEAR_DYNAMIC)
-        if runner is not None and self.config.op(LINEAR_DYNAMIC).fast_path:
-            self._fast_path = dynamic_linear_handler(runner.run, self.device_type)
-            fastpath.DYNAMIC_LINEAR.add(self._fast_path)
-
     def close(self) -> None:
-        if self._fast_path is not None:
-            fastpath.DYNAMIC_LINEAR.remove(self._fast_path)
-            self._fast_path = None
         self.cache.clear()
 
     def status(self) -> dict:
@@ -274,7 +262,6 @@ class CudaRuntime:
             "device": self.config.device,
             "config_files": list(self.config.sources),
             "weight_cache": self.cache.stats(),
-            "fast_path": self._fast_path is not None,
             "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
         }
 
