@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -33,7 +34,6 @@ class OpKernel:
 
     fn: Callable
     dispatch_key: str = "CPU"
-    extra: dict = field(default_factory=dict)
 
 
 class CallCounter:
@@ -43,8 +43,6 @@ class CallCounter:
     __slots__ = ("_count", "_offset")
 
     def __init__(self):
-        import itertools
-
         self._count = itertools.count()
         self._offset = 0
 
