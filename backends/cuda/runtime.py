@@ -70,7 +70,7 @@ def _sm_count(index: int) -> int:
 
 @dataclass(frozen=True)
 class Kernels:
-    """The three kernels, compiled (``native``) or interpreted."""
+    """The kernels, compiled (``native``) or interpreted."""
 
     quantize: object
     dot: object
