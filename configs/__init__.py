@@ -1,1 +1,1 @@
-"""Packaged device configs: YAML data only, installed as ``opregistry_configs``."""
+"""Packaged device configs: YAML data only, installed as ``opregistry.configs``."""

@@ -3,7 +3,7 @@
 Backends are plugins found through the ``opregistry.backends`` entry-point
 group (see :mod:`registry.hookspecs`). Typical use::
 
-    import registry
+    from opregistry import registry
     registry.enable(backend="arm", config="deploy.yaml")
     with registry.enabled(backend="reference"):
         y = model(x)
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config, OpConfig, RoutingRule, WeightLayout
+from .config import Config, OpConfig
+from .routing import RoutingRule, check_routing, parse_routing
+from .schema import Section
 from .core import Registry, default_registry, reload_plugins
 from .errors import BackendUnavailable, ConfigError, PluginError, RegistryError, UnknownBackend
 from .hookspecs import hookimpl
 from .plugins import PluginWarning
 from .types import Availability, BackendInfo, CallCounter, OpKernel
 
-__version__ = "0.1.0"
+from opregistry import __version__  # noqa: E402
 
 
 def enable(backend: str | None = None, config: Any = None, **overrides) -> Config:
@@ -58,7 +60,14 @@ def status() -> dict[str, Any]:
 
 __all__ = [
     "Availability", "BackendInfo", "BackendUnavailable", "CallCounter", "Config", "ConfigError", "OpConfig",
-    "OpKernel", "PluginError", "PluginWarning", "Registry", "RegistryError", "RoutingRule",
-    "WeightLayout", "backends", "default_registry", "disable", "enable", "enabled", "hookimpl",
+    "OpKernel", "PluginError", "PluginWarning", "Registry", "RegistryError", "RoutingRule", "Section",
+    "backends", "check_routing", "parse_routing", "default_registry", "disable", "enable", "enabled", "hookimpl",
     "reload_plugins", "status", "UnknownBackend",
 ]
+
+# Last step of the import: a torch.backends autoload that fired while this
+# package was importing torch (registry imported before torch) runs now.
+_IMPORTED = True
+from opregistry.autoload import run_pending  # noqa: E402
+
+run_pending()

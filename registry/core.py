@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -11,13 +12,15 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, check_layer, load_yaml, merge_layers
+from .config import (DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, OpConfig, build_config, check_layer, load_yaml,
+                     merge_layers)
+from .schema import Section
 from .errors import ConfigError, RegistryError, UnknownBackend
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
 # PyTorch warns (once per process) when a kernel replaces a registered one.
-# Replacing the native kernel is what enable() is for, so exactly that
+# Replacing PyTorch's own kernel is what enable() is for, so exactly that
 # message is silenced around our own registrations.
 _OVERRIDE_WARNING = r"(?s).*Overriding a previously registered kernel"
 
@@ -122,14 +125,38 @@ class Registry:
             layers.insert(0, (data, src))
         layers.insert(0, ({"backend": backend}, f"<{backend} defaults>"))
 
-        cfg = merge_layers(layers)
-        for op in cfg.ops:
+        merged, origins = merge_layers(layers)
+        sources = tuple(src for _, src in layers)
+
+        def source_of(key: str) -> str:
+            while key:
+                if key in origins:
+                    return origins[key]
+                key = key.rpartition(".")[0]
+            return sources[-1]
+
+        for op in merged.get("ops", {}):
             if op not in owner.info.ops:
-                raise ConfigError(cfg.source_of(f"ops.{op}"), f"ops.{op}",
-                                  f"unknown op for backend {backend!r}; it provides: "
-                                  f"{', '.join(owner.info.ops)}")
+                raise ConfigError(source_of(f"ops.{op}"), f"ops.{op}",
+                                  f"unknown op for backend {backend!r}; it provides: {', '.join(owner.info.ops)}")
+        ops = {op: self._op_config(backend, op, merged.get("ops", {}).get(op, {}), source_of)
+               for op in owner.info.ops}
+        cfg = build_config(merged, origins, sources, ops)
         self.plugins.call(backend, "opregistry_validate_config", config=cfg)
         return cfg
+
+    def _op_config(self, backend: str, op: str, data: dict, source_of) -> OpConfig:
+        """``enabled`` is the registry's; the backend's hook reads the rest."""
+        section = Section({k: v for k, v in data.items() if k != "enabled"}, f"ops.{op}", source_of)
+        enabled = data.get("enabled", True)
+        built = self.plugins.call(backend, "opregistry_op_config", op=op, settings=section)
+        if built is None:
+            section.check_keys((), owner=f"backend {backend!r} (it takes only 'enabled' for {op})")
+            return OpConfig(enabled=enabled)
+        if not isinstance(built, OpConfig):
+            raise TypeError(f"backend {backend!r}: opregistry_op_config returned {type(built).__name__}, "
+                            "expected a registry.OpConfig (subclass)")
+        return dataclasses.replace(built, enabled=enabled)
 
     # -- enable / disable ----------------------------------------------
     def enable(self, backend: str | None = None, config: Any = None, **overrides) -> Config:
@@ -152,7 +179,7 @@ class Registry:
                 previous = self._installed.get(op)
                 self._installed[op] = self._register(backend, op, kernel, cfg)
                 # Destroy the replaced registration only after the new one is
-                # active, so concurrent callers never see the native kernel.
+                # active, so concurrent callers never see PyTorch's own kernel.
                 if previous is not None:
                     previous.library._destroy()
                     if not any(i.backend == previous.backend for i in self._installed.values()):

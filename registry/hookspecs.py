@@ -7,9 +7,10 @@ distribution's metadata under the entry-point group ``opregistry.backends``::
     [project.entry-points."opregistry.backends"]
     mybackend = "mypackage.opregistry_plugin"
 
-Every hook except :func:`opregistry_backend_info` receives ``backend``: the
-registry calls a hook only on the plugin that declared that backend name, so a
-plugin that serves a single backend may ignore the argument.
+Every hook except :func:`opregistry_backend_info` and
+:func:`opregistry_register_commands` receives ``backend``: the registry calls
+such a hook only on the plugin that declared that backend name, so a plugin
+that serves a single backend may ignore the argument.
 """
 
 from __future__ import annotations
@@ -53,12 +54,30 @@ def opregistry_packaged_config(backend, device):
 
 
 @hookspec
+def opregistry_op_config(backend, op, settings):
+    """Read the backend's settings for one op.
+
+    The registry owns ``ops.<op>.enabled``; every other key of the op's merged
+    mapping is the backend's. Called once per op the backend provides, whether
+    or not a layer mentions it.
+
+    :param settings: a :class:`registry.Section`: the merged mapping (without
+        ``enabled``) with the file that set each key, and typed getters that
+        raise :class:`registry.ConfigError` naming file and key path. Call its
+        ``check_keys`` with every key you know.
+    :return: an instance of a :class:`registry.OpConfig` subclass holding the
+        backend's fields (``enabled`` is filled in by the registry). A plugin
+        without this hook accepts no key but ``enabled``.
+    """
+
+
+@hookspec
 def opregistry_validate_config(backend, config):
     """Check the backend-specific meaning of a merged :class:`registry.Config`.
 
-    Generic structure (types, unknown keys, routing coverage) is checked by the
-    registry; this hook checks what only the backend knows (kernel names, tile
-    limits). Raise :class:`registry.ConfigError` naming the file and key path.
+    Called after every op's settings are built (``opregistry_op_config``), for
+    checks that span keys or ops. Raise :class:`registry.ConfigError` naming
+    the file and key path (``config.source_of(key)``).
     """
 
 
@@ -89,3 +108,42 @@ def opregistry_on_disable(backend):
 def opregistry_backend_status(backend):
     """Return a JSON-able dict of runtime state (cache stats, routing counts)
     for :func:`registry.status`."""
+
+
+@hookspec
+def opregistry_stub_kernels(backend):
+    """Return a context manager under which ``backend``'s ops launch no kernel.
+
+    For measuring host overhead (``opregistry bench``). While the context is
+    active, the enabled backend's ops do all their per-call work (argument
+    checks, routing, weight cache, output allocation) except the kernel launch
+    itself: their outputs are allocated but not computed. Leaving the context
+    restores the kernels. Called only while ``backend`` is enabled, from a
+    single thread (other threads calling the ops meanwhile get uncomputed
+    outputs too).
+
+    :return: a context manager, or ``None`` when the backend has no kernel
+        launch to stub (a tool then reports no host-overhead figure for it).
+    """
+
+
+@hookspec
+def opregistry_register_commands(subparsers):
+    """Add subcommands to the ``opregistry`` command line.
+
+    Called on every loaded plugin, in load order (built-in plugins first),
+    after the core commands (``list``, ``status``, ``check-config``) are added
+    and before the arguments are parsed. A plugin may provide commands and no
+    backend (its ``opregistry_backend_info`` returns nothing); unlike the
+    backend hooks, this one receives no ``backend``.
+
+    :param subparsers: the ``opregistry`` parser's subparsers action (what
+        :meth:`argparse.ArgumentParser.add_subparsers` returned). Add a command
+        with ``subparsers.add_parser(name, help=...)`` and give it
+        ``set_defaults(func=run)``, where ``run(args)`` returns the exit status.
+        A :class:`registry.RegistryError` raised by ``run`` is printed as
+        ``opregistry NAME: error: ...`` and exits with status 1.
+
+    A plugin whose hook raises is reported on stderr and the commands it added
+    are removed; the core commands and the other plugins' commands still work.
+    """

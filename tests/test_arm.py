@@ -8,13 +8,14 @@ import warnings
 import pytest
 import torch
 
-import registry
-from backends.arm.device import detect_device, read_cpuinfo, triton_cpu_status
-from backends.arm.plugin import packaged_devices
-from backends.arm.runtime import ArmRuntime
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
+from opregistry import registry
+from opregistry.backends.arm.device import detect_device, read_cpuinfo, triton_cpu_status
+from opregistry.backends.arm.plugin import packaged_devices
+from opregistry.backends.arm.runtime import ArmRuntime
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 
-from conftest import ENGINES, assert_close_to_reference, make_packed, quantized_engine
+from conftest import ENGINES
+from opregistry.testing import assert_matches_contract, make_packed, quantized_engine
 
 INTERP = {"execution": "interpreter"}
 
@@ -39,28 +40,28 @@ def test_every_m(generic, m):
     packed = make_packed(70, 45, seed=m)              # N, K not multiples of 64 / 32
     x = torch.randn(m, 45)
     y = generic.runners[LINEAR_DYNAMIC](x, packed)
-    assert_close_to_reference(y, x, packed)
+    assert_matches_contract(y, x, packed)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_engines_and_schemes(generic, engine, per_channel):
     zero_point = 0 if engine == "onednn" else 5           # onednn requires symmetric weights
-    packed = make_packed(67, 100, per_channel=per_channel, zero_point=zero_point, engine=engine)
+    packed = make_packed(67, 100, per_channel=per_channel, zero_points=bool(zero_point), engine=engine)
     x = torch.randn(9, 100) * 3 + 0.5
     with quantized_engine(engine):
         y = generic.runners[LINEAR_DYNAMIC](x, packed)
-    assert_close_to_reference(y, x, packed)
+    assert_matches_contract(y, x, packed)
 
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 def test_bias_and_relu(generic, bias, relu):
-    packed = make_packed(65, 33, bias=bias, per_channel=True, zero_point=-3)
+    packed = make_packed(65, 33, bias=bias, per_channel=True, zero_points=True)
     x = torch.randn(5, 33)
     op = LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC
     y = generic.runners[op](x, packed)
-    assert_close_to_reference(y, x, packed, relu=relu)
+    assert_matches_contract(y, x, packed, relu=relu)
     if relu:
         assert (y >= 0).all()
 
@@ -68,12 +69,12 @@ def test_bias_and_relu(generic, bias, relu):
 def test_3d_and_non_contiguous(generic):
     packed = make_packed(40, 48)
     x3 = torch.randn(2, 5, 48)
-    assert_close_to_reference(generic.runners[LINEAR_DYNAMIC](x3, packed), x3, packed)
+    assert_matches_contract(generic.runners[LINEAR_DYNAMIC](x3, packed), x3, packed)
     xt = torch.randn(48, 11).T                          # stride (1, 11)
     assert not xt.is_contiguous()
-    assert_close_to_reference(generic.runners[LINEAR_DYNAMIC](xt, packed), xt, packed)
+    assert_matches_contract(generic.runners[LINEAR_DYNAMIC](xt, packed), xt, packed)
     xs = torch.randn(3, 7, 96)[:, ::2, ::2]              # 3-D with strides in every dim
-    assert_close_to_reference(generic.runners[LINEAR_DYNAMIC](xs, packed), xs, packed)
+    assert_matches_contract(generic.runners[LINEAR_DYNAMIC](xs, packed), xs, packed)
 
 
 def test_per_tensor_activation_scale():
@@ -82,7 +83,7 @@ def test_per_tensor_activation_scale():
     x = torch.randn(13, 50)
     x[3] *= 40                                           # one loud row sets the shared scale
     y = rt.runners[LINEAR_DYNAMIC](x, packed)
-    assert_close_to_reference(y, x, packed, activation_scale="per_tensor")
+    assert_matches_contract(y, x, packed, mode="per_tensor")
 
 
 def _m_for_rule(rules, index):
@@ -103,7 +104,7 @@ def test_every_routing_rule_of_every_packaged_config(device, padding):
         m = _m_for_rule(rules, i)
         x = torch.randn(m, 40)
         y = runner(x, packed)
-        assert_close_to_reference(y, x, packed)
+        assert_matches_contract(y, x, packed)
         route = runner.router.route(m)
         assert route.rule is rule
         expect_pad = padding and rule.pad_m and m % rule.block_m
@@ -119,7 +120,7 @@ def test_new_weight_at_same_address_is_never_stale(generic):
     for seed in range(20):
         packed = make_packed(24, 20, seed=seed)
         y = generic.runners[LINEAR_DYNAMIC](x, packed)
-        assert_close_to_reference(y, x, packed)
+        assert_matches_contract(y, x, packed)
         del packed
         gc.collect()
 
@@ -141,7 +142,7 @@ def test_cache_is_bounded_and_lru():
 
 def test_weight_prepared_once_per_weight(generic, monkeypatch):
     calls = []
-    import backends.arm.runtime as rt_mod
+    import opregistry.backends.arm.runtime as rt_mod
 
     real = rt_mod.unpack_weight
     monkeypatch.setattr(rt_mod, "unpack_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -185,7 +186,7 @@ def test_through_dispatcher_and_fast_path():
         st = registry.status()
     assert DQLinear.forward is original_forward
     packed = layer._packed_params._packed_params
-    assert_close_to_reference(y_fast, x, packed)
+    assert_matches_contract(y_fast, x, packed)
     assert torch.equal(y_fast, y_disp)
     assert st["ops"][LINEAR_DYNAMIC]["calls"] == 1          # only the explicit op call went through the dispatcher
     assert sum(st["backends"]["arm"]["routing"][LINEAR_DYNAMIC].values()) == 2
@@ -203,7 +204,7 @@ def test_fast_path_can_be_turned_off():
 
 def test_auto_execution_without_triton_cpu_is_a_clear_error():
     if triton_cpu_status().active:
-        pytest.skip("Triton-CPU is active on this host: auto selects native")
+        pytest.skip("Triton-CPU is active on this host: auto selects compiled execution")
     with pytest.raises(registry.BackendUnavailable, match=r"execution='auto' needs Triton-CPU.*interpreter"):
         registry.enable(backend="arm")
     assert registry.status()["ops"] == {}
@@ -256,12 +257,12 @@ def test_compiler_rejecting_tiny_dot_reroutes_rule_to_gemv_once():
                 return interpreted[grid](*args, **kwargs)
             return run
 
-    rt.kernel, rt.execution = PickyCompiler(), "native"
+    rt.kernel, rt.execution = PickyCompiler(), "compiled"
     packed = make_packed(70, 45)
     x = torch.randn(1, 45)
     with pytest.warns(RuntimeWarning, match=r"rule 'decode-m1' now uses the gemv kernel.*M >= 4"):
         y = rt.runners[LINEAR_DYNAMIC](x, packed)
-    assert_close_to_reference(y, x, packed)
+    assert_matches_contract(y, x, packed)
     y2 = rt.runners[LINEAR_DYNAMIC](x, packed)           # no second attempt, no second warning
     assert compiled_dots == [1] and torch.equal(y, y2)
     assert "decode-m1" in rt.status()["dot_fallbacks"]

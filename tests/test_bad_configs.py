@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.common import LINEAR_DYNAMIC, LINEAR_OPS
-from registry import BackendUnavailable, ConfigError, Registry
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_OPS
+from opregistry.registry import BackendUnavailable, ConfigError, Registry
 
 from reliability_helpers import OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, make_packed, reference
 
@@ -143,7 +143,7 @@ def test_backend_unavailable_changes_nothing(serving):
     reg, backend, probe = serving
     before = _snapshot(reg)
     with pytest.raises(BackendUnavailable, match="interpreter"):
-        reg.enable(backend="arm", execution="native")
+        reg.enable(backend="arm", execution="compiled")
     _assert_unchanged(reg, before, backend, probe)
 
 
@@ -168,7 +168,7 @@ def test_huge_routing_bounds_load_quickly(when):
 
 
 def test_packaged_configs_still_load():
-    from backends.arm.plugin import packaged_devices
+    from opregistry.backends.arm.plugin import packaged_devices
 
     reg = Registry()
     for device in packaged_devices():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DQLinear
 
-from backends.common import LINEAR_DYNAMIC, unpack_weight
-from registry import Registry
+from opregistry.backends.common import LINEAR_DYNAMIC, unpack_weight
+from opregistry.registry import Registry
 
 from reliability_helpers import OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, make_packed, make_qweight, mismatches
 

@@ -1,4 +1,8 @@
-"""The ``opregistry`` command line: run in-process through ``main(argv)`` and once as a subprocess."""
+"""The ``opregistry`` command line: run in-process through ``main(argv)`` and once as a subprocess.
+
+The core commands (list, status, check-config) and the demo application's ``demo`` and ``bench``, which
+the built-in ``demo`` plugin adds through the ``opregistry_register_commands`` hook.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-import registry
-from registry.cli import main
+from opregistry import registry
+from opregistry.demo import workloads
+from opregistry.registry import Availability, BackendInfo, BackendUnavailable, hookimpl
+from opregistry.registry.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +25,33 @@ def _nothing_enabled():
     registry.disable()
     yield
     registry.disable()
+
+
+@pytest.fixture
+def add_plugin():
+    """Register plugin objects with the process-wide registry for one test."""
+    plugins = registry.default_registry().plugins
+    added = []
+
+    def add(plugin, name):
+        assert plugins.register(plugin, name=name)
+        added.append(name)
+
+    yield add
+    for name in added:
+        plugins.pm.unregister(name=name)
+        for backend in [b for b, lb in plugins.backends.items() if lb.plugin_name == name]:
+            del plugins.backends[backend]
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """Any attempt to measure fails the test: for errors that must come first."""
+    def fail(*args, **kwargs):
+        raise AssertionError("measured before the error")
+
+    for name in ("run_bench", "measure_overhead", "measure_cache_memory"):
+        monkeypatch.setattr(workloads, name, fail)
 
 
 def test_list_text(capsys):
@@ -34,6 +68,7 @@ def test_list_json(capsys):
     assert rows["reference"]["distribution"] == "opregistry"
     assert "quantized::linear_dynamic" in rows["arm"]["ops"]
     assert set(rows["arm"]) >= {"available", "reason", "version"}
+    assert "demo" not in rows          # the demo plugin provides commands, no backend
 
 
 def test_status_empty_and_enabled(capsys):
@@ -68,10 +103,10 @@ def test_check_config_missing_file(capsys, tmp_path):
     assert str(path) in err and "file not found" in err
 
 
-def test_demo_quick_runs_native_and_backends(capsys):
+def test_demo_quick_runs_pytorch_and_backends(capsys):
     assert main(["demo", "--quick"]) == 0
     out = capsys.readouterr().out
-    for label in ("native", "reference", "arm[interpreter]"):
+    for label in ("pytorch", "reference", "arm[interpreter]"):
         assert f"\n{label} " in out
     assert "validation only" in out
     assert "routing quantized::linear_dynamic: decode-m1=4, prefill-pad=4" in out
@@ -94,12 +129,44 @@ def test_bench_json_tiny(capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     impls = {r["impl"] for r in result["rows"]}
-    assert impls == {"native", "reference"}          # interpreter excluded by default
+    assert "pytorch" in impls and "reference" in impls
+    assert not any(i.endswith("[interpreter]") for i in impls)     # interpreter excluded by default
     assert {(r["m"], r["k"], r["n"]) for r in result["rows"]} == {(1, 64, 96), (5, 64, 96)}
     assert all(r["gops"] > 0 and r["ms"] > 0 for r in result["rows"])
+    # Host overhead and cache memory come from the backends' own hook and registry.status():
+    # arm (interpreted here: the kernel is stubbed, so any execution measures the host path).
     ov = result["overhead"]
-    assert ov["native_op_us"] > 0 and ov["fast_path_us"] > 0 and ov["dispatcher_us"] > 0
-    assert result["memory"]["arm_cache_bytes"] >= result["memory"]["int8_weight_bytes"] == 64 * 96
+    assert ov["pytorch_op_us"] > 0
+    arm = next(b for b in ov["backends"] if b["backend"] == "arm")
+    assert arm["dispatcher_us"] > 0 and arm["module_us"] > 0 and arm["fast_path"] is True
+    ref = next(b for b in ov["backends"] if b["backend"] == "reference")
+    assert "opregistry_stub_kernels" in ref["error"]           # no stub: reported, not timed
+    mem = result["memory"]
+    assert mem["int8_weight_bytes"] == 64 * 96
+    assert next(b for b in mem["backends"] if b["backend"] == "arm")["cache_bytes"] >= 64 * 96
+    assert next(b for b in mem["backends"] if b["backend"] == "reference")["cache_bytes"] is None
+
+
+@pytest.mark.parametrize("backend", ["arm", "cuda"])
+def test_stub_kernels_hook_skips_the_launch_only(backend, monkeypatch):
+    """Under the backend's stub the op still checks, routes and caches, but launches nothing."""
+    from opregistry.backends.common.interpreter import InterpretedKernel
+
+    _, qlin = workloads.make_qlinear(40, 24)
+    x = torch.randn(3, 40)
+    with registry.enabled(backend=backend, execution="interpreter"), torch.no_grad():
+        stub = workloads.kernel_stub(backend)
+        assert stub is not None
+        with stub, monkeypatch.context() as m:
+            m.setattr(InterpretedKernel, "__getitem__", lambda *a: pytest.fail("a kernel was launched"))
+            y = qlin(x)
+        assert y.shape == (3, 24)
+        st = registry.status()["backends"][backend]
+        assert st["weight_cache"]["entries"] == 1 and sum(st["routing"]["quantized::linear_dynamic"].values()) == 1
+        computed = qlin(x)                          # the kernel is back after the block
+        with registry.enabled(backend="reference"):
+            expected = qlin(x)
+    torch.testing.assert_close(computed, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_csv_with_interpreter(capsys):
@@ -108,13 +175,95 @@ def test_bench_csv_with_interpreter(capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "k,n,m,impl,ms,gops"
-    assert {line.split(",")[3] for line in lines[1:]} == {"native", "arm[interpreter]"}
+    assert {line.split(",")[3] for line in lines[1:]} == {"pytorch", "arm[interpreter]"}
 
 
-def test_bench_plot_without_matplotlib(capsys, monkeypatch, tmp_path):
+def test_bench_uses_one_thread_unless_asked(capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(workloads, "run_bench", lambda *a, **k: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    argv = ["bench", "--json", "--shapes", "8x8", "--m", "1", "--no-overhead", "--backend", "reference"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert seen == [1]
+    assert json.loads(captured.out)["environment"]["threads"] == 1
+    assert "threads: 1 (the default" in captured.err
+    assert main(argv + ["--threads", "3"]) == 0
+    assert seen == [1, 3]
+    assert "threads: 3" in capsys.readouterr().err
+    assert torch.get_num_threads() == before         # the process's setting is restored
+
+
+class _Unbuildable:
+    """A backend that says it is available but whose runtime cannot be built."""
+
+    @hookimpl
+    def opregistry_backend_info(self):
+        return BackendInfo("unbuildable", ("quantized::linear_dynamic",), "test backend")
+
+    @hookimpl
+    def opregistry_backend_availability(self, backend):
+        return Availability(True)
+
+    @hookimpl
+    def opregistry_op_kernels(self, backend, config):
+        raise BackendUnavailable("unbuildable backend: the device went away")
+
+
+class _Unavailable(_Unbuildable):
+    @hookimpl
+    def opregistry_backend_info(self):
+        return BackendInfo("unavailable", ("quantized::linear_dynamic",), "test backend")
+
+    @hookimpl
+    def opregistry_backend_availability(self, backend):
+        return Availability(False, "no such device on this host")
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["--backend", "unbuildable"], "the device went away"),
+    (["--backend", "unavailable"], "the device went away"),
+    # runs here only through Triton's interpreter: no speed to measure unless asked for
+    (["--backend", "arm", "--execution", "interpreter"], "--include-interpreter"),
+])
+def test_bench_backend_that_cannot_run_exits_nonzero(capsys, add_plugin, no_measuring, argv, reason):
+    add_plugin(_Unbuildable(), "unbuildable-test")
+    add_plugin(_Unavailable(), "unavailable-test")
+    assert main(["bench", "--shapes", "8x8", "--m", "1", *argv]) == 1
+    captured = capsys.readouterr()
+    assert "opregistry bench: error:" in captured.err and reason in captured.err
+    assert "Throughput" not in captured.out
+
+
+def test_demo_backend_that_cannot_run_exits_nonzero(capsys, add_plugin):
+    add_plugin(_Unbuildable(), "unbuildable-test")
+    assert main(["demo", "--quick", "--backend", "unbuildable"]) == 1
+    assert "backend 'unbuildable' cannot run here" in capsys.readouterr().err
+
+
+def test_bench_skips_a_broken_backend_it_was_not_asked_for(capsys, add_plugin):
+    add_plugin(_Unbuildable(), "unbuildable-test")
+    argv = ["bench", "--csv", "--shapes", "8x8", "--m", "1", "--min-time", "0", "--no-overhead"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "skipping backend 'unbuildable': unbuildable backend: the device went away" in captured.err
+    assert "reference" in captured.out
+
+
+def test_bench_plot_without_matplotlib(capsys, monkeypatch, tmp_path, no_measuring):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["bench", "--shapes", "8x8", "--m", "1", "--plot", str(tmp_path / "p.png")]) == 1
     assert "pip install 'opregistry[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()        # the probe file is not left behind
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_bench_plot_to_unwritable_path_fails_before_measuring(capsys, tmp_path, no_measuring, where):
+    path = tmp_path / "no" / "such" / "p.png" if where == "missing-dir" else tmp_path
+    assert main(["bench", "--shapes", "8x8", "--m", "1", "--plot", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert f"--plot {path}: cannot write there" in captured.err
+    assert "Throughput" not in captured.out
 
 
 def test_bench_plot_writes_png(tmp_path, capsys):
@@ -144,15 +293,67 @@ def test_unknown_backend_is_an_error(capsys):
     assert "unknown backend 'nosuch'" in capsys.readouterr().err
 
 
+class _Commands:
+    @hookimpl
+    def opregistry_register_commands(self, subparsers):
+        s = subparsers.add_parser("hello", help="say hello")
+        s.add_argument("--name", default="world")
+        s.set_defaults(func=lambda args: print(f"hello {args.name}") or 0)
+
+
+class _RaisingCommands:
+    @hookimpl
+    def opregistry_register_commands(self, subparsers):
+        subparsers.add_parser("half-added", help="added before the hook fails")
+        raise RuntimeError("boom")
+
+
+class _ReplacingCommands:
+    @hookimpl
+    def opregistry_register_commands(self, subparsers):
+        subparsers.choices["list"] = subparsers.choices["hello"]   # a core command must not be taken over
+
+
+def test_plugin_adds_a_command(capsys, add_plugin):
+    add_plugin(_Commands(), "commands-test")
+    assert main(["hello", "--name", "opregistry"]) == 0
+    assert capsys.readouterr().out == "hello opregistry\n"
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("list", "check-config", "demo", "bench", "hello"))
+    assert main(["list", "--json"]) == 0
+    assert "commands-test" not in {r["plugin"] for r in json.loads(capsys.readouterr().out)}
+
+
+def test_a_raising_register_commands_hook_is_isolated(capsys, add_plugin):
+    add_plugin(_Commands(), "commands-test")
+    add_plugin(_RaisingCommands(), "raising-test")
+    add_plugin(_ReplacingCommands(), "replacing-test")
+    assert main(["list"]) == 0                       # core commands work
+    err = capsys.readouterr().err
+    assert "plugin 'raising-test' could not add its commands, left out: RuntimeError: boom" in err
+    assert "plugin 'replacing-test' could not add its commands" in err and "'list'" in err
+    assert main(["hello"]) == 0                      # so do the other plugins' commands
+    assert "hello world" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:           # what the failing hook added is gone
+        main(["half-added"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'half-added'" in capsys.readouterr().err
+
+
 def test_subprocess_entry_point(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("backend: reference\nexecution: warp\n")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    ok = subprocess.run([sys.executable, "-m", "registry.cli", "list", "--json"],
-                        capture_output=True, text=True, env=env, timeout=120)
+    # from a directory of the user's: the installed package and its entry points, nothing of the checkout
+    run = dict(capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    ok = subprocess.run([sys.executable, "-m", "opregistry.registry.cli", "list", "--json"], **run)
     assert ok.returncode == 0, ok.stderr
     assert {r["name"] for r in json.loads(ok.stdout)} >= {"arm", "reference"}
-    fail = subprocess.run([sys.executable, "-m", "registry.cli", "check-config", str(bad)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    fail = subprocess.run([sys.executable, "-m", "opregistry.registry.cli", "check-config", str(bad)], **run)
     assert fail.returncode == 1
     assert str(bad) in fail.stderr and "execution" in fail.stderr
+    helped = subprocess.run([sys.executable, "-m", "opregistry.registry.cli", "bench", "--help"], **run)
+    assert helped.returncode == 0 and "--threads" in helped.stdout     # added by the demo plugin

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import triton
 
-from backends.common.qlinear_kernel import ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, qlinear_kernel
+from opregistry.backends.arm.kernel import ACT_PYTORCH, ACT_PER_ROW, ACT_PER_TENSOR, qlinear_kernel
 
 if "nvidia" not in triton.backends.backends:
     pytest.skip("this Triton build has no NVIDIA code generator to compile with", allow_module_level=True)
@@ -30,7 +30,7 @@ def compile_variant(block_m, block_k, use_dot, act, with_zp_and_bias):
                       EVEN_M=False, EVEN_K=False, EVEN_N=False, ACT=act, HAS_BIAS=with_zp_and_bias,
                       HAS_WZP=with_zp_and_bias, RELU=True, USE_DOT=use_dot)
     signature = {**POINTERS, **SCALARS, **{c: "constexpr" for c in constexprs}}
-    absent = ([] if with_zp_and_bias else ["w_zp_ptr", "bias_ptr"]) + ([] if act == ACT_NATIVE else ["w_colsum_ptr"])
+    absent = ([] if with_zp_and_bias else ["w_zp_ptr", "bias_ptr"]) + ([] if act == ACT_PYTORCH else ["w_colsum_ptr"])
     for name in absent:
         signature[name] = "constexpr"
         constexprs[name] = None
@@ -40,7 +40,7 @@ def compile_variant(block_m, block_k, use_dot, act, with_zp_and_bias):
 @pytest.mark.parametrize("block_m, block_k, use_dot, act, with_zp_and_bias", [
     (16, 32, True, ACT_PER_ROW, True),        # tensor-core int8 dot, fused per-row quantization
     (64, 32, True, ACT_PER_TENSOR, False),    # prefill tile, per-tensor scale, symmetric weight
-    (16, 32, True, ACT_NATIVE, True),         # PyTorch's asymmetric uint8 activations
+    (16, 32, True, ACT_PYTORCH, True),         # PyTorch's asymmetric uint8 activations
     (1, 32, False, ACT_PER_ROW, True),        # dot-free decode variant
 ])
 def test_kernel_compiles_for_sm90(block_m, block_k, use_dot, act, with_zp_and_bias):

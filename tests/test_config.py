@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import registry
-from registry.config import merge_layers
-from backends.common import LINEAR_DYNAMIC
+from opregistry import registry
+from opregistry.backends.common import LINEAR_DYNAMIC
 
 OP = LINEAR_DYNAMIC
 
@@ -58,13 +57,13 @@ CASES = [
     # (deployment text, expected message fragment)
     (f"ops:\n  {OP}:\n    padding: 'yes'\n",
      f"deploy.yaml: ops.{OP}.padding: expected a boolean, got 'yes'"),
-    ("execution: fast\n", "deploy.yaml: execution: expected one of auto, native, interpreter, got 'fast'"),
+    ("execution: fast\n", "deploy.yaml: execution: expected one of auto, compiled, interpreter, got 'fast'"),
     ("weight_cache: {max_bytes: -1}\n", "weight_cache.max_bytes: expected an integer >= 0, got -1"),
     ("weight_cache: {max_byte: 10}\n", "weight_cache.max_byte: unknown key; expected one of: max_bytes"),
     ("colour: blue\n", "deploy.yaml: colour: unknown key"),
     ("ops:\n  quantized::linear_dynamc: {enabled: true}\n",
      "ops.quantized::linear_dynamc: unknown op for backend 'arm'; it provides: quantized::linear_dynamic"),
-    (f"ops:\n  {OP}:\n    activation_scale: per_col\n", "expected one of per_row, per_tensor, native, got 'per_col'"),
+    (f"ops:\n  {OP}:\n    activation_scale: per_col\n", "expected one of per_row, per_tensor, pytorch, got 'per_col'"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 48, block_k: 32}}\n",
      f"ops.{OP}.routing[0].block_n: expected a power of two (Triton tile sizes), got 48"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 0, block_n: 64, block_k: 32}}\n",
@@ -81,7 +80,8 @@ CASES = [
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 64}}\n",
      f"ops.{OP}.routing[0].block_k: 64 must divide ops.{OP}.weight_layout.block_k=32"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 32, num_warps: 4}}\n",
-     "num_warps: not used by the arm backend"),
+     f"ops.{OP}.routing[0].num_warps: unknown key for an arm routing rule"),
+    (f"ops:\n  {OP}:\n    num_warps: 4\n", f"ops.{OP}.num_warps: unknown key for the arm backend"),
     ("backend: reference\n", "deploy.yaml: backend: this config is for backend 'reference', but backend 'arm' was requested"),
     ("ops: [1, 2]\n", "deploy.yaml: ops: expected a mapping, got list"),
     ("- just\n- a list\n", "deploy.yaml: expected a mapping at the top level, got list"),
@@ -120,15 +120,74 @@ def test_failed_enable_changes_nothing(tmp_path):
     reg.disable()
 
 
-def test_routing_check_is_exact_for_periodic_conditions():
+def test_routing_check_is_exact_for_periodic_conditions(reg):
     rules = [
         {"name": "m64", "when": {"m_multiple_of": 64}, "kernel": "dot", "block_m": 64, "block_n": 64, "block_k": 32},
         {"name": "m8", "when": {"m_multiple_of": 8}, "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32},
         {"name": "small", "when": {"m_max": 16}, "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32},
     ]
-    layer = {"backend": "arm", "ops": {OP: {"routing": rules}}}
     with pytest.raises(registry.ConfigError, match="no rule matches M=17"):
-        merge_layers([(layer, "t.yaml")])
+        reg.build_config("arm", device="generic", ops={OP: {"routing": rules}})
     rules.append({"name": "rest", "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32, "pad_m": True})
-    cfg = merge_layers([(layer, "t.yaml")])
+    cfg = reg.build_config("arm", device="generic", ops={OP: {"routing": rules}})
     assert [r.name for r in cfg.op(OP).routing] == ["m64", "m8", "small", "rest"]
+
+
+def test_an_override_of_one_op_leaves_an_aliased_op_alone(reg):
+    """The packaged tables write the relu op as a YAML alias of the linear op;
+    a layer that changes one op must not change the other."""
+    cfg = reg.build_config("arm", device="generic", ops={OP: {"activation_scale": "per_tensor", "padding": False}})
+    relu = cfg.op("quantized::linear_relu_dynamic")
+    assert (cfg.op(OP).activation_scale, cfg.op(OP).padding) == ("per_tensor", False)
+    assert (relu.activation_scale, relu.padding) == ("per_row", True)
+
+
+@pytest.mark.parametrize("layer, new, attr", [
+    ({"execution": "native"}, "compiled", lambda c: c.execution),
+    ({"ops": {OP: {"activation_scale": "native"}}}, "pytorch", lambda c: c.op(OP).activation_scale),
+])
+def test_old_spellings_warn_and_name_the_new_one(reg, tmp_path, layer, new, attr):
+    import yaml
+
+    path = write(tmp_path, yaml.safe_dump(layer))
+    with pytest.warns(FutureWarning, match=rf"deploy.yaml: .*'native' is deprecated, write '{new}'"):
+        cfg = reg.build_config("arm", path, device="generic")
+    assert attr(cfg) == new
+
+
+def test_the_core_schema_knows_no_backend_field():
+    """The registry keeps backend, device, execution, weight_cache and
+    ops.<op>.enabled; every other op key is read by the backend's own schema."""
+    import dataclasses
+
+    from opregistry.registry.config import Config, OpConfig, WeightCacheConfig
+
+    assert [f.name for f in dataclasses.fields(OpConfig)] == ["enabled"]
+    assert [f.name for f in dataclasses.fields(WeightCacheConfig)] == ["max_bytes"]
+    assert {f.name for f in dataclasses.fields(Config)} == {"backend", "device", "execution", "weight_cache", "ops",
+                                                           "sources", "origins"}
+
+
+def test_a_backend_without_a_schema_accepts_only_enabled(tmp_path):
+    from opregistry.registry import Availability, BackendInfo, OpKernel, hookimpl
+    from opregistry.registry.plugins import Plugins
+
+    class Tiny:
+        @hookimpl
+        def opregistry_backend_info(self):
+            return BackendInfo("tiny", (OP,))
+
+        @hookimpl
+        def opregistry_backend_availability(self, backend):
+            return Availability(True)
+
+        @hookimpl
+        def opregistry_op_kernels(self, backend, config):
+            return {OP: OpKernel(lambda x, w, reduce_range=False: x, "CPU")}
+
+    plugins = Plugins()
+    plugins.register(Tiny, name="tiny")
+    reg = registry.Registry(plugins)
+    assert reg.build_config("tiny", ops={OP: {"enabled": False}}).op(OP).enabled is False
+    with pytest.raises(registry.ConfigError, match=rf"ops.{OP}.padding: unknown key for backend 'tiny'"):
+        reg.build_config("tiny", ops={OP: {"padding": True}})

@@ -13,16 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import registry
-from registry import BackendUnavailable, ConfigError, RoutingRule
-from registry.core import Registry
-from registry.plugins import Plugins
+from opregistry import registry
+from opregistry.registry import BackendUnavailable, ConfigError
+from opregistry.registry.core import Registry
+from opregistry.registry.plugins import Plugins
 
-from backends.cuda import kernels as K
-from backends.cuda.plugin import CudaPlugin, validate_rule
-from backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, split_k_for
-from backends.reference import plugin as reference_plugin
-from backends.reference.ops import linear_dynamic as reference_linear
+from opregistry.backends.cuda import kernels as K
+from opregistry.backends.cuda.config import CudaRule, validate_rule
+from opregistry.backends.cuda.device import table_for
+from opregistry.backends.cuda.plugin import CudaPlugin
+from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, split_k_for
+from opregistry.backends.cuda.tolerance import check_per_element, contract_bound
+from opregistry.backends.reference import plugin as reference_plugin
+from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = "quantized::linear_dynamic"
@@ -44,11 +47,9 @@ needs_interpreter = pytest.mark.skipif(_triton_version() < (3, 8),
                                        reason="interpreter tests need Triton >= 3.8 (3.6's interpreter "
                                               "fails with numpy >= 2.4)")
 
-# Relative error bound vs the float64 reference: the integer sum is exact, so the
-# only differences are fp32 rounding of acc * (s_x * s_w) (+ bias) and, for
-# split-K, the order of fp32 partial sums: ~1e-7 typically; 1e-5 leaves margin
-# while any wrong quantization step (one q off by one) would show as ~1e-3.
-REL_TOL = 1e-5
+# Per-element bound vs the float64 reference (backends/cuda/tolerance.py): the integer
+# sum is exact, so an element may differ only by fp32 rounding of the epilogue
+# (relative 1e-5 of the magnitudes summed) plus one activation quantum for a rounding tie.
 
 
 def _plugins() -> Plugins:
@@ -81,16 +82,29 @@ def packed_weight(n, k, *, bias=True, per_channel=False, zero_point=False, seed=
     return torch.ops.quantized.linear_prepack(qw, b)
 
 
-def check_close(y, y_ref, label=""):
-    assert y.shape == y_ref.shape, f"{label}: shape {tuple(y.shape)} != {tuple(y_ref.shape)}"
+def check_close(y, x, wp, label="", *, relu=False, mode="per_row"):
+    """``y`` (the op on ``x``) against the reference, element by element."""
     assert y.dtype == torch.float32
-    y = y.cpu()
-    nan, nan_ref = torch.isnan(y), torch.isnan(y_ref)
-    assert torch.equal(nan, nan_ref), f"{label}: NaN pattern differs"
-    a, b = y[~nan_ref].double(), y_ref[~nan_ref].double()
-    if b.numel():
-        err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-        assert err <= REL_TOL, f"{label}: relative error {err:.3e} > {REL_TOL}"
+    y_ref = reference_linear(x, wp, relu=relu, activation_scale=mode)
+    ok, worst, note = check_per_element(y, y_ref, contract_bound(x, wp, mode))
+    assert ok, f"{label}: {note} (worst err/bound {worst:.3g})"
+
+
+def test_per_element_bound_catches_one_quantum_and_a_wrong_element():
+    """The bound is tight enough that a wrong element fails while the whole tensor's norm would pass."""
+    wp = packed_weight(64, 300, per_channel=True)
+    x = torch.randn(4, 300)
+    y = reference_linear(x, wp)
+    bound = contract_bound(x, wp)
+    assert check_per_element(y, y, bound)[0]
+    bad = y.clone()
+    bad[2, 5] += 3 * bound[2, 5]                 # one element off by 3 bounds: ~1e-4 of the tensor's norm
+    assert ((bad - y).norm() / y.norm()) < 1e-3
+    ok, worst, note = check_per_element(bad, y, bound)
+    assert not ok and worst > 2 and "1 elements over" in note
+    nan = y.clone()
+    nan[0, 0] = float("nan")
+    assert not check_per_element(nan, y, bound)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -100,8 +114,9 @@ def check_close(y, y_ref, label=""):
 def test_pyproject_declares_backend():
     tomllib = pytest.importorskip("tomllib")
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["entry-points"]["opregistry.backends"]["cuda"] == "backends.cuda.plugin:CudaPlugin"
-    assert "backends.cuda" in meta["tool"]["setuptools"]["packages"]
+    assert (meta["project"]["entry-points"]["opregistry.backends"]["cuda"]
+            == "opregistry.backends.cuda.plugin:CudaPlugin")
+    assert "opregistry.backends.cuda" in meta["tool"]["setuptools"]["packages"]
 
 
 def test_backend_info_and_availability_reason(reg):
@@ -120,13 +135,47 @@ def test_enable_without_cuda_is_clear(reg):
     assert reg.installed_library_count() == 0
 
 
-@pytest.mark.parametrize("device", ["default", "h100"])
+PACKAGED = ["default", "sm90", "h100", "h200"]
+
+
+@pytest.mark.parametrize("device", PACKAGED)
 def test_packaged_configs_validate(reg, device):
     cfg = reg.build_config("cuda", device=device)
     assert cfg.device == device
     for op in (LINEAR, LINEAR_RELU):
-        rules = cfg.op(op).routing
+        rules = cfg.op(op).routing + cfg.op(op).small_routing
         assert rules and all(r.kernel in KERNELS for r in rules)
+
+
+@pytest.mark.parametrize("name, cc, mem, table", [
+    ("NVIDIA H200", (9, 0), 141 * 2**30, "h200"),
+    ("NVIDIA H200 NVL", (9, 0), 141 * 2**30, "h200"),
+    ("NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30, "h100"),
+    ("NVIDIA H100 PCIe", (9, 0), 80 * 2**30, "h100"),
+    ("NVIDIA GH200 480GB", (9, 0), 96 * 2**30, "h100"),
+    ("NVIDIA GH200 144G HBM3e", (9, 0), 144 * 2**30, "h200"),
+    ("NVIDIA H800", (9, 0), 80 * 2**30, "sm90"),
+    ("NVIDIA H20", (9, 0), 96 * 2**30, "sm90"),
+    ("NVIDIA A100-SXM4-80GB", (8, 0), 80 * 2**30, "default"),
+    ("NVIDIA B200", (10, 0), 180 * 2**30, "default"),
+])
+def test_device_table_by_name_and_capability(name, cc, mem, table):
+    assert table_for(name, cc, mem) == table
+
+
+def test_small_weights_table(reg):
+    small = {"max_bytes": 1000, "routing": [
+        {"name": "tiny", "when": {"m_max": 4}, "kernel": "dot_fused", "block_m": 16, "block_n": 16, "block_k": 64},
+        {"name": "tiny-rest", "kernel": "dot", "block_m": 16, "block_n": 32, "block_k": 64}]}
+    cfg = reg.build_config("cuda", device="default", ops={LINEAR: {"small_weights": small}})
+    op = cfg.op(LINEAR)
+    assert op.small_max_bytes == 1000 and [r.name for r in op.small_routing] == ["tiny", "tiny-rest"]
+    with pytest.raises(ConfigError, match="small_weights.*expected both"):
+        reg.build_config("cuda", device="default", ops={LINEAR: {"small_weights": {"max_bytes": 10}}})
+    with pytest.raises(ConfigError, match="small_weights.routing"):
+        reg.build_config("cuda", device="default", ops={LINEAR: {"small_weights": {
+            "max_bytes": 10, "routing": [{"name": "a", "when": {"m_max": 4}, "kernel": "dot",
+                                          "block_m": 16, "block_n": 16, "block_k": 32}]}}})
 
 
 def test_unknown_device(reg):
@@ -165,8 +214,15 @@ def test_weight_layout_rejected(reg):
 
 
 def test_gemv_small_tiles_allowed():
-    validate_rule("<test>", "r", RoutingRule("r", "gemv_fused", 1, 16, 512, num_warps=4))
-    validate_rule("<test>", "r", RoutingRule("r", "gemv_fused", 2, 8, 256, num_warps=4))
+    validate_rule("<test>", "r", CudaRule("r", "gemv_fused", block_m=1, block_n=16, block_k=512, num_warps=4))
+    validate_rule("<test>", "r", CudaRule("r", "gemv_fused", block_m=2, block_n=8, block_k=256, num_warps=4))
+
+
+def test_fused_dot_shared_memory_counts_fp32_activations():
+    validate_rule("<test>", "r", CudaRule("r", "dot_fused", block_m=16, block_n=64, block_k=256, num_stages=4))
+    with pytest.raises(ConfigError, match="shared memory"):
+        validate_rule("<test>", "r", CudaRule("r", "dot_fused", block_m=64, block_n=128, block_k=256,
+                                              num_stages=3))
 
 
 def test_split_k_heuristic():
@@ -179,12 +235,17 @@ def test_split_k_heuristic():
 # Kernel correctness through the interpreter (CPU tensors)
 # ---------------------------------------------------------------------------
 
+def _r(name, kernel, bm, bn, bk, **kw):
+    return CudaRule(name, kernel, block_m=bm, block_n=bn, block_k=bk, **kw)
+
+
 INTERP_RULES = [
-    RoutingRule("gemv_fused", "gemv_fused", 1, 16, 64),
-    RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 32),
-    RoutingRule("dot", "dot", 16, 32, 64),
-    RoutingRule("dot_splitk", "dot_splitk", 16, 32, 64),
-    RoutingRule("dot_streamk", "dot_streamk", 16, 32, 64),
+    _r("gemv_fused", "gemv_fused", 1, 16, 64),
+    _r("gemv_fused_m2", "gemv_fused", 2, 16, 32),
+    _r("dot", "dot", 16, 32, 64),
+    _r("dot_splitk", "dot_splitk", 16, 32, 64),
+    _r("dot_streamk", "dot_streamk", 16, 32, 64),
+    _r("dot_fused", "dot_fused", 16, 16, 64),
 ]
 
 # (m, n, k, weight kwargs): odd N/K, per-channel with zero points, no bias, M edge.
@@ -217,8 +278,7 @@ def test_interpreted_kernels_match_reference(interp_runtime, rule, case, mode):
     w = interp_runtime.weight(wp, x.device, LINEAR)
     for relu in (False, True):
         y = interp_runtime.linear(x, w, rule, mode == "per_row", relu)
-        y_ref = reference_linear(x, wp, relu=relu, activation_scale=mode)
-        check_close(y, y_ref, f"{rule.name} case {case} {mode} relu={relu}")
+        check_close(y, x, wp, f"{rule.name} case {case} {mode} relu={relu}", relu=relu, mode=mode)
 
 
 @needs_interpreter
@@ -238,7 +298,7 @@ def test_interpreted_dispatcher_path_and_shapes(reg):
     for name, x in cases.items():
         for op, relu in ((torch.ops.quantized.linear_dynamic, False), (torch.ops.quantized.linear_relu_dynamic, True)):
             y = op(x, wp, True)
-            check_close(y, reference_linear(x, wp, relu=relu), f"{name} relu={relu}")
+            check_close(y, x, wp, f"{name} relu={relu}", relu=relu)
     status = reg.status()["backends"]["cuda"]
     assert status["execution"] == "interpreter" and status["weight_cache"]["entries"] == 1
     assert cfg.backend == "cuda"
@@ -268,7 +328,7 @@ def _nvidia_compiler_available() -> bool:
 _DIVISIBLE = {"Kp", "stride_qm", "stride_wn", "K_PER_SPLIT", "stride_om", "stride_xm"}
 
 
-def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, split=1):
+def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False):
     """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -295,18 +355,19 @@ def compile_rule_sm90(rule: RoutingRule, *, wzp=False, bias=True, relu=False, sp
                      K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
     tiles = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k)
     if rule.kernel == "dot_streamk":
-        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none), warps, stages)
-    if rule.kernel.startswith("dot"):
-        consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none)
+        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl), warps, stages)
+    if rule.kernel in ("dot", "dot_splitk"):
+        consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none, PDL=pdl)
         return build(K.dot_kernel, dot_types, consts, warps, stages)
     none.pop("rowsum_ptr", None)
     types = dict(x_ptr="*fp32", absmax_ptr="*fp32", w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32",
                  stride_xm="i32", stride_xk="i32", stride_wn="i32", stride_om="i32", **vec)
     consts = dict(**tiles, SCAN_BLOCK_K=512, PER_ROW=True, absmax_ptr=None, RELU=relu, **flags, **none)
-    return build(K.gemv_kernel, types, consts, warps, stages)
+    fn = K.fused_dot_kernel if rule.kernel == "dot_fused" else K.gemv_kernel
+    return build(fn, types, consts, warps, stages)
 
 
-def compile_quantize_sm90(block_k, qblock, scan_once, warps):
+def compile_quantize_sm90(block_k, qblock, scan_once, warps, pdl=False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -316,17 +377,18 @@ def compile_quantize_sm90(block_k, qblock, scan_once, warps):
                  out_ptr="*fp32", K="i32", Kp="i32", N="i32", CHUNK_K="i32", CHUNK_N="i32", stride_xm="i32",
                  stride_xk="i32", stride_qm="i32", stride_om="i32")
     consts = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=True, WANT_ROWSUM=False,
-                  ZERO_OUT=True, rowsum_ptr=None, absmax_ptr=None, stride_xk=1)
+                  ZERO_OUT=True, rowsum_ptr=None, absmax_ptr=None, stride_xk=1, PDL=pdl)
     signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
     return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": warps, "num_stages": 1})
 
 
 @pytest.mark.skipif(not _nvidia_compiler_available(), reason="Triton has no NVIDIA backend here")
-@pytest.mark.parametrize("device", ["default", "h100"])
+@pytest.mark.parametrize("device", PACKAGED)
 def test_packaged_rules_compile_for_sm90(reg, device):
     cfg = reg.build_config("cuda", device=device)
-    for rule in cfg.op(LINEAR).routing:
+    op = cfg.op(LINEAR)
+    for rule in op.routing + op.small_routing:
         for kw in ({}, {"wzp": True, "relu": True, "bias": False}):
             compiled = compile_rule_sm90(rule, **kw)
             assert compiled.metadata.shared <= 227 * 1024, (rule.name, compiled.metadata.shared)
@@ -337,6 +399,16 @@ def test_packaged_rules_compile_for_sm90(reg, device):
                     assert "cp.async" in ptx, f"{rule.name}: the K loop is not pipelined (no cp.async)"
     for block_k, qblock, scan_once, warps in ((32768, 2048, True, 16), (4096, 4096, True, 8), (1024, 1024, False, 2)):
         assert "ld.global" in compile_quantize_sm90(block_k, qblock, scan_once, warps).asm["ptx"]
+
+
+@pytest.mark.skipif(not (_nvidia_compiler_available() and K.HAS_GDC), reason="Triton has no NVIDIA backend or no gdc")
+def test_pdl_variants_compile_with_grid_dependency_control():
+    """With PDL the prepass signals its dependents early and the GEMMs wait for its results."""
+    assert "griddepcontrol.launch_dependents" in compile_quantize_sm90(4096, 2048, True, 8, pdl=True).asm["ptx"]
+    for rule in (_r("s", "dot_streamk", 16, 64, 256, num_stages=4), _r("d", "dot", 64, 128, 128, num_stages=4)):
+        ptx = compile_rule_sm90(rule, pdl=True).asm["ptx"]
+        assert "griddepcontrol.wait" in ptx, rule.name
+        assert "griddepcontrol" not in compile_rule_sm90(rule).asm["ptx"], rule.name
 
 
 # ---------------------------------------------------------------------------
@@ -367,26 +439,34 @@ def test_gpu_matches_reference(gpu_reg, n, k):
         if n * k > 4_000_000 and m > 512:
             continue  # keep the reference's float64 matmul on the CPU fast
         x = torch.randn(m, k, generator=g)
-        y = torch.ops.quantized.linear_dynamic(x.cuda(), wp, True)
-        assert y.is_cuda
-        check_close(y, reference_linear(x, wp), f"{n}x{k} M={m}")
+        for _ in range(2):   # the first call binds the launch plan, the second launches it directly
+            y = torch.ops.quantized.linear_dynamic(x.cuda(), wp, True)
+            assert y.is_cuda
+            check_close(y, x, wp, f"{n}x{k} M={m}")
+
+
+GPU_RULES = [
+    _r("gemv_fused", "gemv_fused", 1, 16, 512),
+    _r("gemv_fused_m2", "gemv_fused", 2, 16, 256), _r("dot_splitk", "dot_splitk", 16, 64, 256),
+    _r("dot_streamk", "dot_streamk", 16, 64, 256, num_stages=4),
+    _r("dot_streamk_64", "dot_streamk", 64, 128, 256, num_stages=3),
+    _r("dot_64", "dot", 64, 128, 128, num_stages=4), _r("dot_128", "dot", 128, 128, 128, num_warps=8),
+    _r("dot_128x256", "dot", 128, 256, 64, num_warps=8, num_stages=4),
+    _r("dot_fused_16x16", "dot_fused", 16, 16, 256, num_stages=3),
+    _r("dot_fused_16x64", "dot_fused", 16, 64, 128, num_stages=4),
+    _r("dot_fused_64", "dot_fused", 64, 64, 128, num_stages=2),
+]
 
 
 @needs_gpu
-@pytest.mark.parametrize("rule", [
-    RoutingRule("gemv_fused", "gemv_fused", 1, 16, 512),
-    RoutingRule("gemv_fused_m2", "gemv_fused", 2, 16, 256), RoutingRule("dot_splitk", "dot_splitk", 16, 64, 256),
-    RoutingRule("dot_streamk", "dot_streamk", 16, 64, 256, num_stages=4),
-    RoutingRule("dot_streamk_64", "dot_streamk", 64, 128, 256, num_stages=3),
-    RoutingRule("dot_64", "dot", 64, 128, 128, num_stages=4), RoutingRule("dot_128", "dot", 128, 128, 128, num_warps=8),
-    RoutingRule("dot_128x256", "dot", 128, 256, 64, num_warps=8, num_stages=4),
-], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", GPU_RULES, ids=lambda r: r.name)
 @pytest.mark.parametrize("wkw, mode, relu", [
     ({}, "per_row", False),
     ({"per_channel": True, "zero_point": True}, "per_tensor", True),
     ({"zero_point": True, "bias": False}, "per_row", True),
 ], ids=["per_tensor_w", "per_channel_zp", "zp_nobias"])
 def test_gpu_every_kernel_variant(gpu_reg, rule, wkw, mode, relu):
+    """Every variant, through the Triton launch (first call), the direct launch, and with PDL off."""
     rt = gpu_reg.plugins.get("cuda").plugin.runtime
     wp = packed_weight(300, 777, **wkw)
     w = rt.weight(wp, torch.device("cuda"), LINEAR)
@@ -396,8 +476,55 @@ def test_gpu_every_kernel_variant(gpu_reg, rule, wkw, mode, relu):
         if m > 2:
             x[1, 4] = float("inf")
             x[2].zero_()
-        y = rt.linear(x.cuda(), w, rule, mode == "per_row", relu)
-        check_close(y, reference_linear(x, wp, relu=relu, activation_scale=mode), f"{rule.name} M={m} relu={relu}")
+        for fast, pdl in ((True, True), (True, True), (False, False)):
+            rt.fast_launch, rt.pdl = fast, pdl
+            y = rt.linear(x.cuda(), w, rule, mode == "per_row", relu)
+            check_close(y, x, wp, f"{rule.name} M={m} relu={relu} fast={fast} pdl={pdl}", relu=relu, mode=mode)
+    rt.fast_launch = rt.pdl = True
+
+
+@needs_gpu
+def test_gpu_direct_launch_is_used_and_graph_safe(gpu_reg):
+    """After the first call a plan launches its bound kernels directly; the same calls
+    captured in a CUDA graph replay correctly on new inputs."""
+    rt = gpu_reg.plugins.get("cuda").plugin.runtime
+    wp = packed_weight(4096, 1024, per_channel=True)
+    x = torch.randn(4, 1024, device="cuda")
+    y0 = torch.ops.quantized.linear_dynamic(x, wp)
+    w = rt.weight(wp, x.device, LINEAR)
+    plans = list(w.plans.values())
+    assert plans and all(launch.bound is not None for plan in plans for launch in plan.launches), \
+        "the installed Triton's launcher convention was not recognised: direct launch off"
+    y1 = torch.ops.quantized.linear_dynamic(x, wp)
+    check_close(y1, x.cpu(), wp, "direct launch")
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.ops.quantized.linear_dynamic(static_x, wp)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        static_y = torch.ops.quantized.linear_dynamic(static_x, wp)
+    for seed in range(3):
+        new = torch.randn(4, 1024, generator=torch.Generator().manual_seed(seed))
+        static_x.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_close(static_y.clone(), new, wp, f"graph replay {seed}")
+    assert y0.shape == y1.shape
+
+
+@needs_gpu
+def test_gpu_stub_kernels_launch_nothing(gpu_reg):
+    rt = gpu_reg.plugins.get("cuda").plugin.runtime
+    wp = packed_weight(256, 512)
+    x = torch.randn(2, 512, device="cuda")
+    torch.ops.quantized.linear_dynamic(x, wp)
+    with rt.stub_kernels():
+        y = torch.ops.quantized.linear_dynamic(x, wp)
+        assert y.shape == (2, 256)
+    check_close(torch.ops.quantized.linear_dynamic(x, wp), x.cpu(), wp, "after the stub")
 
 
 @needs_gpu
@@ -410,7 +537,7 @@ def test_gpu_shapes_relu_3d_noncontiguous_m0(gpu_reg):
     for name, x in cases.items():
         xc = x.cuda() if name != "noncontig" else x.t().contiguous().cuda().t()
         for op, relu in ((torch.ops.quantized.linear_dynamic, False), (torch.ops.quantized.linear_relu_dynamic, True)):
-            check_close(op(xc, wp, False), reference_linear(x, wp, relu=relu), f"{name} relu={relu}")
+            check_close(op(xc, wp, False), x, wp, f"{name} relu={relu}", relu=relu)
 
 
 @needs_gpu
@@ -427,7 +554,8 @@ def test_gpu_quantize_dynamic_model(reg):
         qmodel(x.cuda())
     with reg.enabled("cuda"):
         y = qmodel(x.cuda())
-    check_close(y, expected, "quantize_dynamic model")
+    # two layers: the first layer's fp32 rounding can move the second's quantization by a quantum
+    torch.testing.assert_close(y.cpu(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 @needs_gpu

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DQLinear
 
-from backends.common.fastpath import DYNAMIC_LINEAR
+from opregistry.backends.common.fastpath import DYNAMIC_LINEAR
 
 
 @pytest.fixture

@@ -57,10 +57,10 @@ import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from backends.arm.plugin import packaged_devices
-from backends.arm.runtime import ArmRuntime
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
-from registry import Registry
+from opregistry.backends.arm.plugin import packaged_devices
+from opregistry.backends.arm.runtime import ArmRuntime
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
+from opregistry.registry import Registry
 
 from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, engines_for,
                                  launch_cost, make_packed, mismatches)

@@ -10,9 +10,9 @@ import tracemalloc
 import pytest
 import torch
 
-import registry
-from backends.common import LINEAR_DYNAMIC, LINEAR_OPS, LINEAR_RELU_DYNAMIC
-from registry import Registry
+from opregistry import registry
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_OPS, LINEAR_RELU_DYNAMIC
+from opregistry.registry import Registry
 
 from reliability_helpers import OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, make_packed, mismatches, reference
 

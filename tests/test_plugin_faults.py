@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 
-from backends.common import LINEAR_DYNAMIC, LINEAR_OPS
-from registry import (Availability, BackendInfo, OpKernel, PluginError, PluginWarning, Registry, UnknownBackend,
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_OPS
+from opregistry.registry import (Availability, BackendInfo, OpKernel, PluginError, PluginWarning, Registry, UnknownBackend,
                       hookimpl)
-from registry.plugins import Plugins
+from opregistry.registry.plugins import Plugins
 
 from reliability_helpers import OVERRIDE_WARNING, QUANT_CREATION_WARNING, make_packed, reference
 
@@ -97,7 +97,7 @@ class Toy:
     def opregistry_op_kernels(self, backend, config):
         if self.fail == "op_kernels":
             raise RuntimeError("kernel build exploded")
-        from backends.reference.ops import linear_dynamic
+        from opregistry.backends.reference.ops import linear_dynamic
         return {LINEAR_DYNAMIC: OpKernel(linear_dynamic, "CPU")}
 
     @hookimpl
@@ -222,20 +222,20 @@ def site(tmp_path_factory):
         """))
     (root / "relfault_boom.py").write_text("raise ImportError('missing vendor SDK libfoo.so')\n")
     (root / "relfault_typo.py").write_text(textwrap.dedent("""\
-        from registry import BackendInfo, hookimpl
+        from opregistry.registry import BackendInfo, hookimpl
         @hookimpl
         def opregistry_backend_infos():
             return BackendInfo("typo", ("quantized::linear_dynamic",))
         """))
     (root / "relfault_good.py").write_text(textwrap.dedent("""\
-        from registry import BackendInfo, OpKernel, hookimpl
+        from opregistry.registry import BackendInfo, OpKernel, hookimpl
         class GoodPlugin:
             @hookimpl
             def opregistry_backend_info(self):
                 return BackendInfo("good", ("quantized::linear_dynamic",), "third-party test backend")
             @hookimpl
             def opregistry_op_kernels(self, backend, config):
-                from backends.reference.ops import linear_dynamic
+                from opregistry.backends.reference.ops import linear_dynamic
                 return {"quantized::linear_dynamic": OpKernel(linear_dynamic, "CPU")}
         """))
     return root

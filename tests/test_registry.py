@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import registry
-from registry.plugins import Plugins
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
+from opregistry import registry
+from opregistry.registry.plugins import Plugins
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 
-from conftest import make_packed
+from opregistry.testing import make_packed
 
 EXAMPLE_DIR = Path(__file__).parent / "example_plugin"
 
@@ -178,7 +178,7 @@ def test_broken_plugin_is_isolated_and_strict_raises(tmp_path, monkeypatch):
 def test_misspelled_hook_is_rejected():
     mod = type(sys)("typo_plugin")
     exec(textwrap.dedent("""
-        from registry import hookimpl, BackendInfo
+        from opregistry.registry import hookimpl, BackendInfo
         @hookimpl
         def opregistry_backend_inf():
             return BackendInfo("typo", ())
@@ -194,19 +194,31 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
 
 
-def test_torch_autoload_is_inert_by_default_and_enables_when_asked():
-    code = "import torch, registry; print(sorted(registry.status()['ops']))"
+AUTOLOAD_ORDERS = {
+    "torch first": "import torch\nfrom opregistry import registry\n",
+    "registry first": "from opregistry import registry\nimport torch\n",
+    "a backend module first": "import opregistry.backends.arm.plugin\nimport torch\nfrom opregistry import registry\n",
+}
+
+
+@pytest.mark.parametrize("order", list(AUTOLOAD_ORDERS))
+def test_torch_autoload_is_inert_by_default_and_enables_when_asked_in_any_import_order(order):
+    code = AUTOLOAD_ORDERS[order] + "print(sorted(registry.status()['ops']))"
     inert = _run_python(code, OPREGISTRY_AUTOLOAD="")
     assert inert.returncode == 0 and inert.stdout.strip() == "[]", inert.stderr
     on = _run_python(code, OPREGISTRY_AUTOLOAD="reference")
     assert on.returncode == 0, on.stderr
-    assert LINEAR_DYNAMIC in on.stdout
+    assert LINEAR_DYNAMIC in on.stdout, on.stderr
+    assert "could not be enabled" not in on.stderr
 
 
-def test_torch_autoload_never_breaks_import_torch():
-    bad = _run_python("import torch; print(torch.ones(1).item())", OPREGISTRY_AUTOLOAD="no-such-backend")
+@pytest.mark.parametrize("order", list(AUTOLOAD_ORDERS))
+def test_torch_autoload_never_breaks_import_torch_and_speaks_in_environment_terms(order):
+    code = AUTOLOAD_ORDERS[order] + "print(torch.ones(1).item())"
+    bad = _run_python(code, OPREGISTRY_AUTOLOAD="no-such-backend")
     assert bad.returncode == 0 and bad.stdout.strip() == "1.0", bad.stderr
-    assert "could not be enabled" in bad.stderr
+    assert "OPREGISTRY_AUTOLOAD=no-such-backend could not be enabled" in bad.stderr
+    assert "unset it to turn autoload off" in bad.stderr and "OPREGISTRY_CONFIG" in bad.stderr
 
 
 def test_re_enabling_with_another_config_swaps_the_runtime(fresh_registry):

@@ -26,8 +26,8 @@ import math
 import pytest
 import torch
 
-from backends.common import LINEAR_OPS, unpack_weight
-from registry import Registry
+from opregistry.backends.common import LINEAR_OPS, unpack_weight
+from opregistry.registry import Registry
 
 from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, make_packed, mismatches,
                                  quantized_engine, reference)

@@ -42,13 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from registry import RoutingRule                          # noqa: E402
-from registry.core import Registry                        # noqa: E402
-from registry.plugins import Plugins                      # noqa: E402
-from backends.cuda.plugin import CudaPlugin               # noqa: E402
-from backends.cuda.runtime import CudaRuntime             # noqa: E402
-from backends.reference import plugin as reference_plugin  # noqa: E402
-from backends.reference.ops import linear_dynamic as reference_linear  # noqa: E402
+from opregistry.registry import RoutingRule                          # noqa: E402
+from opregistry.registry.core import Registry                        # noqa: E402
+from opregistry.registry.plugins import Plugins                      # noqa: E402
+from opregistry.backends.cuda.plugin import CudaPlugin               # noqa: E402
+from opregistry.backends.cuda.runtime import CudaRuntime             # noqa: E402
+from opregistry.backends.reference import plugin as reference_plugin  # noqa: E402
+from opregistry.backends.reference.ops import linear_dynamic as reference_linear  # noqa: E402
 
 LINEAR = "quantized::linear_dynamic"
 REL_TOL = 1e-5
@@ -307,7 +307,7 @@ def model_check(reg: Registry, device) -> dict:
             msg = str(exc).splitlines()[0]
             result["disabled"] = msg
             result["disabled_ok"] = "Could not run 'quantized::linear_dynamic'" in msg
-    with reg.enabled("cuda", execution="native" if device == "cuda" else "interpreter"):
+    with reg.enabled("cuda", execution="compiled" if device == "cuda" else "interpreter"):
         y = qmodel(x.to(device))
         result["enabled_device"] = str(y.device)
         err, note = rel_err(y, expected)

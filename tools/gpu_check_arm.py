@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from backends.common.packed import unpack_weight  # noqa: E402
-from backends.common.qlinear_kernel import ACT_PER_ROW, launch, qlinear_kernel  # noqa: E402
-from backends.common.weights import prepare_weight  # noqa: E402
-from backends.reference.ops import linear_from_unpacked, quantize_activation  # noqa: E402
-from registry.config import load_yaml, merge_layers  # noqa: E402
+from opregistry.backends.common.packed import unpack_weight  # noqa: E402
+from opregistry.backends.arm.kernel import ACT_PER_ROW, launch, qlinear_kernel  # noqa: E402
+from opregistry.backends.arm.layout import prepare_weight  # noqa: E402
+from opregistry.backends.reference.ops import linear_from_unpacked, quantize_activation  # noqa: E402
+from opregistry.registry.config import load_yaml, merge_layers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 Loaded by tools/run_pytorch_qlinear_test.py (``pytest -p pytorch_qlinear_plugin``).
 Enables the backend named by ``OPREGISTRY_TEST_BACKEND`` (default ``arm``) with
-``activation_scale: native`` for both linear ops, before any test runs, and at
+``activation_scale: pytorch`` for both linear ops, before any test runs, and at
 the end prints how many calls the backend served, failing the session if it
 served none (a pass that never reached our kernel proves nothing).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-import registry
+from opregistry import registry
 
 OPS = ("quantized::linear_dynamic", "quantized::linear_relu_dynamic")
 
@@ -19,7 +19,7 @@ OPS = ("quantized::linear_dynamic", "quantized::linear_relu_dynamic")
 def pytest_configure(config):
     backend = os.environ.get("OPREGISTRY_TEST_BACKEND", "arm")
     execution = os.environ.get("OPREGISTRY_TEST_EXECUTION", "interpreter")
-    overrides = {"ops": {op: {"activation_scale": "native"} for op in OPS}}
+    overrides = {"ops": {op: {"activation_scale": "pytorch"} for op in OPS}}
     if backend == "arm":
         overrides["execution"] = execution
     registry.enable(backend=backend, **overrides)
@@ -30,7 +30,7 @@ def pytest_sessionfinish(session, exitstatus):
     status = registry.status()
     served = {op: status["ops"].get(op, {}).get("calls", 0) for op in OPS}
     backend = session.config._opregistry_backend
-    line = f"opregistry: backend {backend!r} (native mode) served {served}"
+    line = f"opregistry: backend {backend!r} (PyTorch activation scheme) served {served}"
     routing = status["backends"].get(backend, {}).get("routing")
     if routing:
         line += f"; routing {routing}"

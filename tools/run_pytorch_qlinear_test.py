@@ -12,7 +12,7 @@ version matches the installed torch::
 
 It needs pytest and hypothesis (the ``test`` extra) and ``expecttest``, which
 ``torch.testing._internal.common_utils`` imports. The ARM backend runs in
-``interpreter`` execution unless ``--execution native`` (Triton-CPU hosts).
+``interpreter`` execution unless ``--execution compiled`` (Triton-CPU hosts).
 Exit status is pytest's; the last line says how many calls the backend served.
 """
 
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pytorch-src", required=True, type=Path, help="root of a PyTorch source checkout")
     ap.add_argument("--backend", default="arm")
-    ap.add_argument("--execution", default="interpreter", choices=("interpreter", "native"))
+    ap.add_argument("--execution", default="interpreter", choices=("interpreter", "compiled"))
     ap.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     args = ap.parse_args(argv)
     test_file = args.pytorch_src / TEST.split("::")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,22 +74,38 @@ class TritonCpuStatus:
     detail: str
 
 
+def triton_version() -> str | None:
+    """The installed distribution's version (even when ``import triton`` fails), or None."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def triton_cpu_status() -> TritonCpuStatus:
+    """What Triton this process has, and whether it can compile for the CPU. Never raises."""
+    found = triton_version()
+    if found is None:
+        return TritonCpuStatus(False, False, "triton is not installed (compiled execution needs Triton-CPU, "
+                                             "built from source: see docs/ARM.md)")
     try:
         import triton
         import triton.backends
+        import triton.language  # noqa: F401
     except Exception as exc:  # noqa: BLE001
-        return TritonCpuStatus(False, False, f"triton cannot be imported: {exc}")
+        return TritonCpuStatus(False, False, f"triton {found} is installed but cannot be imported: "
+                                             f"{type(exc).__name__}: {exc}")
     names = sorted(triton.backends.backends)
     if "cpu" not in names:
         return TritonCpuStatus(False, False, f"triton {triton.__version__} has no CPU backend "
-                                             f"(backends: {', '.join(names) or 'none'})")
+                                             f"(backends: {', '.join(names) or 'none'}): it is not Triton-CPU")
     try:
         backend = triton.runtime.driver.active.get_current_target().backend
     except Exception as exc:  # noqa: BLE001
-        return TritonCpuStatus(True, False, f"Triton-CPU is installed but no driver is active: {exc}")
+        return TritonCpuStatus(True, False, f"Triton-CPU (triton {triton.__version__}) is installed but no "
+                                            f"driver is active: {exc}")
     if backend != "cpu":
-        return TritonCpuStatus(True, False, f"Triton-CPU is installed but the active driver targets "
-                                            f"{backend!r}; set TRITON_CPU_BACKEND=1 before importing "
-                                            "triton, or call triton.runtime.driver.set_active_to_cpu()")
+        return TritonCpuStatus(True, False, f"Triton-CPU (triton {triton.__version__}) is installed but the "
+                                            f"active driver targets {backend!r}; set TRITON_CPU_BACKEND=1 before "
+                                            "importing triton, or call triton.runtime.driver.set_active_to_cpu()")
     return TritonCpuStatus(True, True, f"Triton-CPU active (triton {triton.__version__})")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from registry import Availability, BackendInfo, ConfigError, hookimpl
+from opregistry.registry import Availability, BackendInfo, ConfigError, hookimpl
 
-from backends.common import LINEAR_OPS
-from backends.common.plugin import RuntimePlugin
+from opregistry.backends.common import LINEAR_OPS
+from opregistry.backends.common.plugin import RuntimePlugin
 
 from .device import detect_device, read_cpuinfo, triton_cpu_status
-from .runtime import KERNELS, ArmRuntime
+from .config import read_op_config
 
 NAME = "arm"
-_CONFIG_DIR = files("opregistry_configs") / NAME
+_CONFIG_DIR = files("opregistry.configs") / NAME
 
 
 def packaged_devices() -> list[str]:
@@ -47,33 +47,17 @@ class ArmPlugin(RuntimePlugin):
         return path
 
     @hookimpl
+    def opregistry_op_config(self, backend, op, settings):
+        return read_op_config(settings)
+
+    @hookimpl
     def opregistry_validate_config(self, backend, config):
         for op_name, op in config.ops.items():
-            _validate_op(config, op_name, op)
+            if op.enabled and not op.routing:
+                key = f"ops.{op_name}.routing"
+                raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
 
     def make_runtime(self, config):
+        from .runtime import ArmRuntime   # imports triton: only when enabled
+
         return ArmRuntime(config)
-
-
-def _validate_op(config, op_name, op) -> None:
-    base = f"ops.{op_name}"
-    if op.enabled and not op.routing:
-        key = f"{base}.routing"
-        raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
-    layout = op.weight_layout
-    src = config.source_of(f"{base}.routing")
-    for i, rule in enumerate(op.routing):
-        key = f"{base}.routing[{i}]"
-        if rule.kernel not in KERNELS:
-            raise ConfigError(src, f"{key}.kernel", f"expected one of {', '.join(KERNELS)}, got {rule.kernel!r}")
-        for tile in ("block_k", "block_n"):
-            if getattr(layout, tile) % getattr(rule, tile):
-                layout_src = config.source_of(f"{base}.weight_layout.{tile}")
-                set_in = "" if layout_src == src else f", set in {layout_src}"
-                raise ConfigError(src, f"{key}.{tile}",
-                                  f"{getattr(rule, tile)} must divide {base}.weight_layout.{tile}="
-                                  f"{getattr(layout, tile)}{set_in} (each B tile is read from one cached "
-                                  "weight tile)")
-        for gpu_only in ("num_warps", "num_stages"):
-            if getattr(rule, gpu_only) is not None:
-                raise ConfigError(src, f"{key}.{gpu_only}", "not used by the arm backend (GPU backends only)")

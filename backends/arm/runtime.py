@@ -7,25 +7,27 @@ and runner per op, and the module fast path. ``disable()`` drops it whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
 
 import torch
 
-from registry import BackendUnavailable, CallCounter, Config
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
-from backends.common.native_qparams import choose_qparams
-from backends.common.qlinear_kernel import (ACT_NATIVE, ACT_PER_ROW, ACT_PER_TENSOR, InterpretedKernel, launch,
-                                            qlinear_kernel)
-from backends.common.routing import Route, Router
-from backends.common.weights import PreparedWeight, WeightCache, prepare_weight
+from opregistry.registry import BackendUnavailable, CallCounter, Config
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
+from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.pytorch_qparams import choose_qparams
+from opregistry.backends.common.routing import Route, Router
+from opregistry.backends.common.stub import StubKernel
+from opregistry.backends.common.weights import WeightCache
 
+from .config import KERNELS  # noqa: F401 - re-exported
 from .device import triton_cpu_status
+from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, launch, qlinear_kernel
+from .layout import PreparedWeight, prepare_weight
 
 log = logging.getLogger(__name__)
-
-KERNELS = ("dot", "gemv")
 
 
 class OpRunner:
@@ -36,14 +38,14 @@ class OpRunner:
         self.runtime = runtime
         self.op = op
         self.relu = relu
-        self.act = {"per_row": ACT_PER_ROW, "per_tensor": ACT_PER_TENSOR, "native": ACT_NATIVE}[cfg.activation_scale]
-        # What the cached weight is prepared for: tile layout, and column sums for native mode.
-        self.spec = (cfg.weight_layout.block_k, cfg.weight_layout.block_n, self.act == ACT_NATIVE)
+        self.act = {"per_row": ACT_PER_ROW, "per_tensor": ACT_PER_TENSOR, "pytorch": ACT_PYTORCH}[cfg.activation_scale]
+        # What the cached weight is prepared for: tile layout, and column sums for the PyTorch scheme.
+        self.spec = (cfg.weight_layout.block_k, cfg.weight_layout.block_n, self.act == ACT_PYTORCH)
         self.router = Router(cfg.routing, cfg.padding)
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}
 
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
-        """The dispatcher entry point. ``reduce_range`` matters only in ``native``
+        """The dispatcher entry point. ``reduce_range`` matters only in ``pytorch``
         mode (7-bit activations, as PyTorch); int32 accumulation needs no headroom."""
         return self.run(x, w_prepack, reduce_range=reduce_range)
 
@@ -109,8 +111,8 @@ class ArmRuntime:
 
     @staticmethod
     def _prepare(w_prepack, spec, op) -> PreparedWeight:
-        layout_k, layout_n, native = spec
-        return prepare_weight(unpack_weight(w_prepack, op), layout_k, layout_n, op=op, native=native)
+        layout_k, layout_n, pytorch_scheme = spec
+        return prepare_weight(unpack_weight(w_prepack, op), layout_k, layout_n, op=op, pytorch_scheme=pytorch_scheme)
 
     # -- launching -----------------------------------------------------
     def launch(self, x2d, w, out, route: Route, act: int, relu: bool, qparams: dict) -> None:
@@ -127,7 +129,7 @@ class ArmRuntime:
             # Some Triton-CPU builds reject tl.dot with M < 4 (and GPUs below 16).
             # Re-route that rule to the dot-free variant once, loudly, not per call;
             # if that fails too, the original error is the one to see.
-            if not use_dot or self.execution != "native":
+            if not use_dot or self.execution != "compiled":
                 raise
             try:
                 run(False)
@@ -154,6 +156,16 @@ class ArmRuntime:
             "dot_fallbacks": dict(self.dot_fallbacks),
         }
 
+    @contextlib.contextmanager
+    def stub_kernels(self):
+        """Launch no kernel inside the block: outputs are allocated, not computed
+        (host-overhead measurement; hook ``opregistry_stub_kernels``)."""
+        kernel, self.kernel = self.kernel, StubKernel()
+        try:
+            yield
+        finally:
+            self.kernel = kernel
+
 
 def _resolve_execution(mode: str):
     """Return ``(mode, kernel, detail)``; never falls back silently."""
@@ -163,7 +175,7 @@ def _resolve_execution(mode: str):
             "Triton interpreter: validates the kernel source on any host; not for speed")
     if status.active:
         log.info("arm backend: %s", status.detail)
-        return "native", qlinear_kernel, status.detail
+        return "compiled", qlinear_kernel, status.detail
     raise BackendUnavailable(
         f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
         "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 
-from registry import Config, OpKernel, hookimpl
+from opregistry.registry import Config, OpKernel, hookimpl
 
 from .fastpath import DYNAMIC_LINEAR, dynamic_linear_handler
 from .packed import LINEAR_DYNAMIC
@@ -64,3 +64,10 @@ class RuntimePlugin(ABC):
             if self.runtime is None:
                 return {}
             return {**self.runtime.status(), "fast_path": self._fast_path is not None}
+
+    @hookimpl
+    def opregistry_stub_kernels(self, backend):
+        with self._lock:
+            runtime = self.runtime
+        stub = getattr(runtime, "stub_kernels", None)
+        return None if stub is None else stub()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry import RoutingRule
+from opregistry.registry import RoutingRule
 
 _ROUTE_MEMO_MAX = 4096
 

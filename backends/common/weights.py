@@ -1,11 +1,11 @@
-"""Weights prepared for the kernel, and the bounded cache that owns them."""
+"""What the backends' weight preparation shares: the int32 accumulator bound,
+padding helpers, and the bounded cache that owns prepared weights."""
 
 from __future__ import annotations
 
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -14,68 +14,11 @@ from .packed import UnpackedWeight
 
 INT32_MAX = 2**31 - 1
 SYMMETRIC_ACT_MAX = 127   # |q| of symmetric int8 activations
-NATIVE_ACT_MAX = 255      # |q - zp| of PyTorch's uint8 activations
+PYTORCH_ACT_MAX = 255      # |q - zp| of PyTorch's uint8 activations
 
 
 def round_up(v: int, multiple: int) -> int:
     return -(-v // multiple) * multiple
-
-
-@dataclass(frozen=True)
-class PreparedWeight:
-    """One weight in the kernel's layout: int8 tiles ``[Kp/LK, Np/LN, LK, LN]``
-    and per-channel vectors padded to ``Np``. ``zero_point``/``bias`` are ``None``
-    when absent (all-zero zero points are dropped: symmetric weights skip the
-    correction). ``colsum[n] = sum_k (w[n, k] - zero_point[n])`` is kept only for
-    the ``native`` activation mode."""
-
-    w_tiled: torch.Tensor
-    scale: torch.Tensor
-    zero_point: torch.Tensor | None
-    bias: torch.Tensor | None
-    colsum: torch.Tensor | None
-    n: int
-    k: int
-    layout_k: int
-    layout_n: int
-
-    @property
-    def layout_blocks_n(self) -> int:
-        return self.scale.shape[0] // self.layout_n
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size()
-                   for t in (self.w_tiled, self.scale, self.zero_point, self.bias, self.colsum)
-                   if t is not None)
-
-    def to(self, device) -> "PreparedWeight":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PreparedWeight(move(self.w_tiled), move(self.scale), move(self.zero_point), move(self.bias),
-                              move(self.colsum), self.n, self.k, self.layout_k, self.layout_n)
-
-
-def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
-                   native: bool = False) -> PreparedWeight:
-    """Tile and pad an unpacked weight once; check the int32 accumulator bound.
-
-    ``native``: prepare for PyTorch's asymmetric uint8 activations (keeps the
-    column sums; activations span up to 255 quanta instead of 127).
-    """
-    n, k = w.w_int8.shape
-    centered = check_accumulator_bound(w, NATIVE_ACT_MAX if native else SYMMETRIC_ACT_MAX, op)
-    kp, np_ = round_up(max(k, 1), layout_k), round_up(max(n, 1), layout_n)
-    w_kn = torch.zeros(kp, np_, dtype=torch.int8)
-    w_kn[:k, :n] = w.w_int8.T
-    tiled = (w_kn.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)
-             .permute(0, 2, 1, 3).contiguous().reshape(-1))
-
-    has_zp = bool((w.zero_point != 0).any())
-    return PreparedWeight(tiled, pad_vector(w.scale, np_, torch.float32),
-                          pad_vector(w.zero_point, np_, torch.int32) if has_zp else None,
-                          pad_vector(w.bias, np_, torch.float32),
-                          pad_vector(centered.sum(dim=1), np_, torch.int32) if native else None,
-                          n, k, layout_k, layout_n)
 
 
 def check_accumulator_bound(w: UnpackedWeight, act_max: int, op: str) -> torch.Tensor:
@@ -104,14 +47,14 @@ def pad_vector(v: torch.Tensor | None, length: int, dtype) -> torch.Tensor | Non
 class _Entry:
     __slots__ = ("packed", "prepared", "nbytes")
 
-    def __init__(self, packed: Any, prepared: PreparedWeight):
+    def __init__(self, packed: Any, prepared: Any):
         self.packed = packed          # strong reference: pins the address the key is made of
         self.prepared = prepared
         self.nbytes = prepared.nbytes
 
 
 class WeightCache:
-    """LRU cache of :class:`PreparedWeight`, bounded by ``max_bytes``.
+    """LRU cache of prepared weights (anything with ``nbytes``), bounded by ``max_bytes``.
 
     Keyed on ``hash(W_prepack)``: the address of the C++ packed-params object,
     stable across the new Python wrapper the dispatcher makes on every call.
@@ -123,7 +66,7 @@ class WeightCache:
     A weight larger than ``max_bytes`` is prepared for the call and not kept.
     """
 
-    def __init__(self, max_bytes: int, prepare: Callable[[Any, tuple, str], PreparedWeight]):
+    def __init__(self, max_bytes: int, prepare: Callable[[Any, tuple, str], Any]):
         self.max_bytes = max_bytes
         self._prepare = prepare
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -134,7 +77,7 @@ class WeightCache:
         self.misses = 0
         self.evictions = 0
 
-    def get(self, packed: Any, spec: tuple, op: str, owner: Any = None) -> PreparedWeight:
+    def get(self, packed: Any, spec: tuple, op: str, owner: Any = None) -> Any:
         """The prepared weight for ``packed`` under ``spec`` (a hashable tuple the
         ``prepare`` callable understands, e.g. the tile layout).
 

@@ -32,6 +32,12 @@ Kernels, one purpose each:
 * :func:`gemv_kernel`: CUDA-core int8 GEMV for tiny M, weights read once with
   16-byte loads along K; quantizes the fp32 activation inside the kernel (one
   launch per call, no prepass).
+* :func:`fused_dot_kernel`: one launch, tensor cores: quantization inside the
+  GEMM (each N tile quantizes its rows again), for small layers at small M.
+
+``PDL`` (sm_90): the prepass lets the GEMM after it launch early
+(``gdc_launch_dependents``) and the GEMM waits for its results (``gdc_wait``)
+when launched with ``launch_pdl``.
 """
 
 from __future__ import annotations
@@ -40,8 +46,21 @@ import triton
 import triton.language as tl
 
 QMAX = tl.constexpr(127.0)  # a constexpr instance: compiled kernels may read only such globals
-K_ALIGN = 512   # padded K of cached weights and of Xq rows; every block_k must divide it
-N_ALIGN = 256   # padded N of cached weights; every block_n must divide it
+from .layout import K_ALIGN, N_ALIGN  # noqa: E402,F401
+
+try:  # programmatic dependent launch (sm_90): Triton >= 3.3 has these
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
+    HAS_GDC = True
+except Exception:  # noqa: BLE001
+    HAS_GDC = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
 
 
 @triton.jit
@@ -77,14 +96,18 @@ def quantize_kernel(
     x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr, out_ptr,
     K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
     BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SCAN_ONCE: tl.constexpr, PER_ROW: tl.constexpr,
-    WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr,
+    WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Grid ``(M, chunks)``: program ``(row, c)`` finds the row's absmax over all of K
     (``SCAN_ONCE``: one load of the whole row, all of it in flight), then quantizes
     only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of ``Xq``; several chunks per
     row spread a decode row's divisions over several SMs. ``ZERO_OUT`` also zeroes
     ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs that accumulate with
-    atomics (saves a memset launch). ``WANT_ROWSUM`` needs one chunk per row."""
+    atomics (saves a memset launch). ``WANT_ROWSUM`` needs one chunk per row.
+    ``PDL``: let the GEMM launched after it (programmatic dependent launch) start
+    its programs now; it waits for this grid's results with ``gdc_wait``."""
+    if PDL:
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     x_row = x_ptr + row * stride_xm
@@ -149,9 +172,12 @@ def dot_kernel(
     M, N, Kp, K_PER_SPLIT, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
+    if PDL:
+        gdc_wait()                                     # the prepass's Xq / scales are complete
     # Grouped ordering: GROUP_M row-tiles share each weight column-tile while it is in L2.
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -200,14 +226,18 @@ def streamk_kernel(
     xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
     M, N, Kp, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Decode GEMM (small M): the (tile, K block) iteration space is cut into equal
     contiguous ranges, one per program (a grid of exactly the resident programs), so
     every SM streams the same number of weight bytes, with no tail wave. A program
     walks its range tile by tile and adds each tile's fp32 partial into ``out``
     (zeroed by the prepass) with atomics; the partial that starts at K = 0 carries
-    the zero-point correction and the bias."""
+    the zero-point correction and the bias. ``PDL``: launched as a programmatic
+    dependent of the prepass, it waits here for the prepass's results (the launch
+    and the programs' start overlap the prepass)."""
+    if PDL:
+        gdc_wait()
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     k_blocks = Kp // BLOCK_K
@@ -299,6 +329,63 @@ def gemv_kernel(
         rowsum = tl.sum(rsum, axis=1)
     else:
         rowsum = xs
+    y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, True, HAS_WZP, HAS_BIAS)
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    y = tl.where((xs == xs)[:, None], y, float("nan"))
+    out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(out, y, mask=m_ok[:, None] & (rn < N)[None, :])
+
+
+@triton.jit
+def fused_dot_kernel(
+    x_ptr, absmax_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, K, Kp, stride_xm, stride_xk, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
+    PER_ROW: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+):
+    """One launch per call, tensor cores: program ``(n, m)`` finds its ``BLOCK_M`` rows'
+    absmax (one pass over the fp32 rows, from L2 after the first program), then
+    quantizes each ``[BLOCK_M, BLOCK_K]`` activation tile in registers with the
+    prepass's arithmetic and multiplies it with the ``[BLOCK_N, BLOCK_K]`` weight
+    tile (int8 ``tl.dot``); fused epilogue. No prepass, no workspace, no atomics:
+    for small layers, where the host's launches, not the GPU, bound a decode call.
+    Every N tile re-quantizes its rows (``N / BLOCK_N`` times the prepass's divisions)."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)       # < Np: the weight is padded to N_ALIGN
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    rm_safe = (rm % M).to(tl.int64)                    # clamp: rows past M are never stored
+    x_rows = x_ptr + rm_safe[:, None] * stride_xm
+    if PER_ROW:
+        rs = tl.arange(0, SCAN_BLOCK_K)
+        amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, SCAN_BLOCK_K):
+            a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
+            amax = tl.maximum(amax, _absmax_abs(a))
+        absmax = tl.max(amax, axis=1)
+    else:
+        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
+    xs = _scale_from_absmax(absmax)
+    ok = xs == xs
+    safe = tl.where(ok, xs, 1.0)
+    w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    rsum = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for k0 in range(0, Kp, BLOCK_K):
+        ks = k0 + rk
+        a = tl.load(x_rows + ks[None, :] * stride_xk, mask=(ks < K)[None, :], other=0.0)
+        q = _quantize(tl.where(ok[:, None], a, 0.0), safe[:, None])
+        if HAS_WZP:
+            rsum += tl.sum(q.to(tl.int32), axis=1)
+        b = tl.load(w_ptrs + k0)
+        acc = tl.dot(q.to(tl.int8), tl.trans(b), acc, out_dtype=tl.int32)
+    if HAS_WZP:
+        rowsum = rsum
+    else:
+        rowsum = xs                                    # unused
     y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, True, HAS_WZP, HAS_BIAS)
     if RELU:
         y = tl.maximum(y, 0.0)

@@ -6,7 +6,7 @@ router and runner per op, and the module fast path. ``disable()`` drops it.
 
 Execution modes:
 
-* ``native`` (``auto`` when a CUDA device is present): compiled Triton
+* ``compiled`` (``auto`` when a CUDA device is present): compiled Triton
   kernels on CUDA tensors; the ops are registered for the ``CUDA`` key.
 * ``interpreter``: the same kernel source through Triton's interpreter on
   CPU tensors, registered for the ``CPU`` key. For validation on hosts
@@ -15,25 +15,25 @@ Execution modes:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from registry import BackendUnavailable, CallCounter, Config
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
-from backends.common.qlinear_kernel import InterpretedKernel
-from backends.common.routing import Router
-from backends.common.weights import WeightCache
+from opregistry.registry import BackendUnavailable, CallCounter, Config
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
+from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.routing import Router
+from opregistry.backends.common.stub import StubKernel
+from opregistry.backends.common.weights import WeightCache
 
 from . import kernels as K
+from .config import KERNELS  # noqa: F401 - re-exported for tools and tests
+from .device import cuda_status
+from .launch import bind, current_stream
 from .weights import CudaWeight, prepare_cuda_weight
-
-# Kernel names a routing rule may use (config key ``kernel``).
-DOT_KERNELS = ("dot", "dot_splitk", "dot_streamk")
-GEMV_KERNELS = ("gemv_fused",)
-KERNELS = DOT_KERNELS + GEMV_KERNELS
 
 # Activation prepass (quantize_kernel) shapes:
 QUANT_SMALL_M = 64                # up to this M, a row's quantization is split over chunks of K ...
@@ -41,26 +41,13 @@ QUANT_CHUNK = 2048                # ... of this many columns (the row's absmax i
 QUANT_SCAN_ONCE_MAX = 32768       # ... when the whole row fits in one load (<= 64 fp32 per thread)
 QUANT_PREFILL_SCAN_ONCE_MAX = 4096  # larger M: one load per row up to this K, else a loop ...
 QUANT_BLOCK_K = 1024              # ... of this K tile (small programs, many per SM)
-SMEM_PER_SM = 228 * 1024    # H100; the occupancy estimate of the stream-K grid
+SMEM_PER_SM = 228 * 1024    # H100 / H200; the occupancy estimate of the stream-K grid
 STREAMK_MAX_PER_SM = 4      # stream-K programs per SM at most
-SCAN_BLOCK_K_MAX = 512      # K tile of the fused GEMV's absmax scan
+SCAN_BLOCK_K_MAX = 512      # K tile of the fused kernels' absmax scan
 GROUP_M = 8
 DEFAULT_NUM_WARPS = 4
 DEFAULT_NUM_STAGES = 3
-
-
-def cuda_status() -> tuple[bool, str]:
-    """``(available, reason)``: cheap, never raises."""
-    try:
-        if not torch.cuda.is_available():
-            built = torch.version.cuda
-            why = (f"torch {torch.__version__} was built without CUDA" if built is None
-                   else f"torch {torch.__version__} (CUDA {built}) sees no CUDA device")
-            return False, why
-        import triton  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return False, f"{type(exc).__name__}: {exc}"
-    return True, f"{torch.cuda.device_count()} CUDA device(s): {torch.cuda.get_device_name(0)}"
+PLAN_MEMO_MAX = 256         # launch plans kept per weight (one per M, rule and activation layout)
 
 
 @lru_cache(maxsize=None)
@@ -68,14 +55,30 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@lru_cache(maxsize=None)
+def pdl_supported(index: int) -> bool:
+    """Programmatic dependent launch: an sm_90+ device and a Triton with ``gdc_wait`` and ``launch_pdl``."""
+    if not K.HAS_GDC:
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        if "launch_pdl" not in getattr(CUDAOptions, "__dataclass_fields__", {}):
+            return False
+        return torch.cuda.get_device_capability(index)[0] >= 9
+    except Exception:  # noqa: BLE001
+        return False
+
+
 @dataclass(frozen=True)
 class Kernels:
-    """The kernels, compiled (``native``) or interpreted."""
+    """The kernels, compiled (``compiled``) or interpreted."""
 
     quantize: object
     dot: object
     streamk: object
     gemv: object
+    fused_dot: object
 
 
 class OpRunner:
@@ -88,11 +91,21 @@ class OpRunner:
         self.relu = relu
         self.per_row = cfg.activation_scale == "per_row"
         self.router = Router(cfg.routing, padding=False)
+        self.small_max_bytes = cfg.small_max_bytes if cfg.small_routing else 0
+        self.small_router = Router(cfg.small_routing, padding=False) if cfg.small_routing else None
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}
+        for rule in cfg.small_routing:
+            self.counts.setdefault(rule.name, CallCounter())
 
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
         """The dispatcher entry point (``reduce_range`` is ignored: int32 accumulation)."""
         return self.run(x, w_prepack)
+
+    def rule_for(self, m: int, w: CudaWeight):
+        """The routing rule for M rows on this weight (small weights have their own table)."""
+        if w.n * w.k <= self.small_max_bytes:
+            return self.small_router.route(m).rule
+        return self.router.route(m).rule
 
     def run(self, x: torch.Tensor, w_prepack, owner=None, reduce_range: bool = False) -> torch.Tensor:
         rt = self.runtime
@@ -103,26 +116,188 @@ class OpRunner:
         check_activation(x, w.k, self.op)
         x2d = x.reshape(-1, w.k)
         m = x2d.shape[0]
-        out_shape = (*x.shape[:-1], w.n)
         if m == 0:
-            return x.new_empty(out_shape)
-        rule = self.router.route(m).rule
+            return x.new_empty((*x.shape[:-1], w.n))
+        rule = self.rule_for(m, w)
         self.counts[rule.name].increment()
         out = rt.linear(x2d, w, rule, self.per_row, self.relu)
-        return out.view(out_shape)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], w.n)
+
+
+class _Launch:
+    """One kernel launch of a plan: the kernel, its grid, constexprs and launch options,
+    and (compiled mode) the bound kernel that repeats it without ``JITFunction.run``."""
+
+    __slots__ = ("kernel", "grid", "kwargs", "bound", "tried")
+
+    def __init__(self, kernel, grid, kwargs):
+        self.kernel, self.grid, self.kwargs = kernel, grid, kwargs
+        self.bound = None
+        self.tried = False
+
+    def launch(self, args: tuple, fast: bool) -> None:
+        if fast and not self.tried:
+            self.tried = True
+            self.bound = bind(self.kernel, self.grid, args, self.kwargs)
+            return
+        self.kernel[self.grid](*args, **self.kwargs)
+
+
+class Plan:
+    """How one (weight, rule, M, activation layout, mode) call runs, worked out once:
+    grids, constexprs, the workspace layout (``Xq``, scales, row sums in one
+    allocation) and, in compiled mode, the bound kernels. A call then costs two
+    allocations (output, workspace) and one or two direct launches."""
+
+    def __init__(self, rt: "CudaRuntime", w: CudaWeight, rule, m: int, per_row: bool, relu: bool,
+                 stride_xm: int, stride_xk: int, device: torch.device):
+        kern = rt.kernels
+        self.m, self.n, self.k, self.kp = m, w.n, w.k, w.kp
+        self.device = device
+        self.index = device.index if device.type == "cuda" else -1
+        self.per_row = per_row
+        self.w = w
+        self.sxm, self.sxk = stride_xm, stride_xk
+        self.relu_after = False
+        self.launches: list[_Launch] = []
+        warps = rule.num_warps or DEFAULT_NUM_WARPS
+        stages = rule.num_stages or DEFAULT_NUM_STAGES
+        has_wzp, has_bias = w.zero_point is not None, w.bias is not None
+        self.has_wzp = has_wzp
+        self.kind = rule.kernel
+        bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
+        self.ws_bytes = 0
+        if rule.kernel in ("gemv_fused", "dot_fused"):
+            grid = (triton_cdiv(w.n, bn), triton_cdiv(m, bm), 1)
+            consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SCAN_BLOCK_K=min(SCAN_BLOCK_K_MAX, _next_pow2(w.k)),
+                          PER_ROW=per_row, HAS_WZP=has_wzp, HAS_BIAS=has_bias, RELU=relu,
+                          num_warps=warps, num_stages=stages)
+            self.launches.append(_Launch(kern.gemv if rule.kernel == "gemv_fused" else kern.fused_dot, grid, consts))
+            return
+        pdl = rt.pdl and device.type == "cuda" and pdl_supported(self.index)
+        # workspace: Xq [m, kp] int8 | scales [m] fp32 | row sums [m] int32 (16-byte aligned pieces)
+        self.xs_off = m * w.kp
+        self.rs_off = self.xs_off + round_up(4 * m, 16)
+        self.ws_bytes = self.rs_off + (round_up(4 * m, 16) if has_wzp else 0)
+        if rule.kernel == "dot_streamk":
+            units = triton_cdiv(m, bm) * triton_cdiv(w.n, bn) * (w.kp // bk)
+            programs = min(units, rt._resident_programs(device, rule, warps, stages))
+            gemm = _Launch(kern.streamk, (programs, 1, 1),
+                           dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
+                                num_warps=warps, num_stages=stages))
+            self.split = 0
+            zero_out = True
+            self.relu_after = relu
+        else:
+            tiles = triton_cdiv(m, bm) * triton_cdiv(w.n, bn)
+            k_blocks = w.kp // bk
+            split = 1
+            if rule.kernel == "dot_splitk":
+                split = split_k_for(tiles, k_blocks, rt._target_programs(device))
+            k_per_split = triton_cdiv(k_blocks, split) * bk
+            split = triton_cdiv(w.kp, k_per_split)
+            self.split = k_per_split
+            gemm = _Launch(kern.dot, (tiles, split, 1),
+                           dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, SPLIT_K=split,
+                                HAS_WZP=has_wzp, HAS_BIAS=has_bias, RELU=relu, num_warps=warps, num_stages=stages))
+            zero_out = split > 1
+            self.relu_after = relu and split > 1
+        if pdl:
+            gemm.kwargs.update(PDL=True, launch_pdl=True)
+        self.zero_out = zero_out
+        # the prepass
+        k = w.k
+        n_out = w.n if zero_out else 0
+        if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
+            block_k, scan_once, qblock = _next_pow2(k), True, QUANT_CHUNK
+            chunks = 1 if has_wzp else triton_cdiv(w.kp, QUANT_CHUNK)
+        elif k <= QUANT_PREFILL_SCAN_ONCE_MAX:
+            block_k, scan_once, chunks = _next_pow2(k), True, 1
+            qblock = block_k
+        else:
+            block_k, scan_once, qblock, chunks = QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
+        self.chunk_k = triton_cdiv(triton_cdiv(w.kp, chunks), 16) * 16
+        self.chunk_n = triton_cdiv(n_out, chunks)
+        self.n_out = n_out
+        qkw = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=per_row, WANT_ROWSUM=has_wzp,
+                   ZERO_OUT=zero_out, num_warps=quant_warps(block_k))
+        if pdl:
+            qkw["PDL"] = True
+        self.launches = [_Launch(kern.quantize, (m, chunks, 1), qkw), gemm]
+
+    # -- arguments -------------------------------------------------------
+    def _args(self, x, absmax, out, xq, xs, rs):
+        w = self.w
+        if self.kind in ("gemv_fused", "dot_fused"):
+            return ((x, absmax, w.w, w.scale, w.zero_point, w.bias, out,
+                     self.m, self.n, self.k, self.kp, self.sxm, self.sxk, w.w.stride(0), self.n),)
+        quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.k, self.kp, self.n_out,
+                 self.chunk_k, self.chunk_n, self.sxm, self.sxk, self.kp, self.n if self.zero_out else 0)
+        if self.kind == "dot_streamk":
+            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
+                    self.m, self.n, self.kp, self.kp, w.w.stride(0), self.n)
+        else:
+            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
+                    self.m, self.n, self.kp, self.split, self.kp, w.w.stride(0), self.n)
+        return quant, gemm
+
+    def __call__(self, x: torch.Tensor, absmax, fast: bool) -> torch.Tensor:
+        out = torch.empty((self.m, self.n), dtype=torch.float32, device=x.device)
+        launches = self.launches
+        if fast and launches[-1].bound is not None and launches[0].bound is not None:
+            stream = current_stream(self.index)
+            if self.ws_bytes:
+                p = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device).data_ptr()
+                args = self._args(x, absmax, out, p, p + self.xs_off, p + self.rs_off if self.has_wzp else None)
+            else:
+                args = self._args(x, absmax, out, None, None, None)
+            for launch, a in zip(launches, args):
+                launch.bound(stream, *a)
+        else:
+            if self.ws_bytes:
+                ws = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device)
+                xq = ws[:self.xs_off].view(self.m, self.kp)
+                xs = ws[self.xs_off:self.xs_off + 4 * self.m].view(torch.float32)
+                rs = ws[self.rs_off:self.rs_off + 4 * self.m].view(torch.int32) if self.has_wzp else None
+                args = self._args(x, absmax, out, xq, xs, rs)
+            else:
+                args = self._args(x, absmax, out, None, None, None)
+            for launch, a in zip(launches, args):
+                launch.launch(a, fast)
+        if self.relu_after:
+            torch.relu_(out)                                   # NaN stays NaN
+        return out
 
 
 class CudaRuntime:
     def __init__(self, config: Config):
         self.config = config
         self.execution, self.kernels, self.execution_detail = _resolve_execution(config.execution)
-        self.device_type = "cuda" if self.execution == "native" else "cpu"
-        self.dispatch_key = "CUDA" if self.execution == "native" else "CPU"
+        self.device_type = "cuda" if self.execution == "compiled" else "cpu"
+        self.dispatch_key = "CUDA" if self.execution == "compiled" else "CPU"
         self.cache = WeightCache(config.weight_cache.max_bytes, self._prepare)
         self.runners = {op: OpRunner(self, op, relu)
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
         self.streamk_per_sm = 0            # 0: from the occupancy estimate (a benchmark may force it)
+        # Launch compiled kernels directly after their first launch (see launch.py); the
+        # benchmark turns these off to measure what they save.
+        self.fast_launch = self.execution == "compiled"
+        self.pdl = self.execution == "compiled"
+        self._stubbed = False
+
+    @contextlib.contextmanager
+    def stub_kernels(self):
+        """Launch no kernel inside the block: outputs are allocated, not computed
+        (host-overhead measurement; hook ``opregistry_stub_kernels``). Plans made
+        inside use the stub; the plans made before are kept for afterwards."""
+        kernels, fast = self.kernels, self.fast_launch
+        stub = StubKernel()
+        self.kernels, self.fast_launch, self._stubbed = Kernels(stub, stub, stub, stub, stub), False, True
+        try:
+            yield
+        finally:
+            self.kernels, self.fast_launch, self._stubbed = kernels, fast, False
 
     # -- weights -------------------------------------------------------
     def weight(self, w_prepack, device: torch.device, op: str, owner=None) -> CudaWeight:
@@ -146,56 +321,25 @@ class CudaRuntime:
         return self._linear(x2d, w, rule, per_row, relu)
 
     def _linear(self, x2d, w: CudaWeight, rule, per_row: bool, relu: bool) -> torch.Tensor:
-        m, k = x2d.shape
-        n = w.n
+        m = x2d.shape[0]
+        sxm, sxk = x2d.stride()
+        fast = self.fast_launch
+        key = (rule, m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
+               self._stubbed)
+        plans = w.plans
+        plan = plans.get(key)
+        if plan is None:
+            plan = Plan(self, w, rule, m, per_row, relu, sxm, sxk, x2d.device)
+            if len(plans) >= PLAN_MEMO_MAX:
+                plans.clear()
+            plans[key] = plan
         absmax = None if per_row else x2d.abs().amax().reshape(1)   # NaN/Inf propagate: the row check sees them
-        warps = rule.num_warps or DEFAULT_NUM_WARPS
-        stages = rule.num_stages or DEFAULT_NUM_STAGES
-        has_wzp = w.zero_point is not None
-        if rule.kernel == "gemv_fused":
-            out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
-            self._gemv(x2d, absmax, w, out, rule, per_row, relu, warps, stages)
-            return out
-        bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
-        has_bias = w.bias is not None
-        if rule.kernel == "dot_streamk":
-            out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
-            xq, xs, rowsum = self.quantize(x2d, w.kp, per_row, absmax, has_wzp, zero_out=out)
-            units = triton_cdiv(m, bm) * triton_cdiv(n, bn) * (w.kp // bk)
-            programs = min(units, self._resident_programs(x2d.device, rule, warps, stages))
-            self.kernels.streamk[(programs,)](
-                xq, xs, rowsum, w.w, w.scale, w.zero_point, w.bias, out,
-                m, n, w.kp, xq.stride(0), w.w.stride(0), out.stride(0),
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
-                num_warps=warps, num_stages=stages,
-            )
-            if relu:
-                torch.relu_(out)                               # NaN stays NaN
-            return out
-        tiles = triton_cdiv(m, bm) * triton_cdiv(n, bn)
-        k_blocks = w.kp // bk
-        split = 1
-        if rule.kernel == "dot_splitk":
-            split = split_k_for(tiles, k_blocks, self._target_programs(x2d.device))
-        k_per_split = triton_cdiv(k_blocks, split) * bk
-        split = triton_cdiv(w.kp, k_per_split)
-        out = torch.empty(m, n, dtype=torch.float32, device=x2d.device)
-        xq, xs, rowsum = self.quantize(x2d, w.kp, per_row, absmax, has_wzp, zero_out=out if split > 1 else None)
-        self.kernels.dot[(tiles, split)](
-            xq, xs, rowsum, w.w, w.scale, w.zero_point, w.bias, out,
-            m, n, w.kp, k_per_split, xq.stride(0), w.w.stride(0), out.stride(0),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, SPLIT_K=split,
-            HAS_WZP=has_wzp, HAS_BIAS=has_bias, RELU=relu,
-            num_warps=warps, num_stages=stages,
-        )
-        if split > 1 and relu:
-            torch.relu_(out)                                   # NaN stays NaN
-        return out
+        return plan(x2d, absmax, fast)
 
     def quantize(self, x2d: torch.Tensor, kp: int, per_row: bool, absmax=None, want_rowsum: bool = False,
                  zero_out: torch.Tensor | None = None):
-        """Activation prepass: ``(xq [M, kp] int8, scale [M] fp32, rowsum [M] int32 or None)``;
-        also zeroes ``zero_out`` ([M, N] fp32) when given."""
+        """Activation prepass alone (benchmarks, tests): ``(xq [M, kp] int8, scale [M] fp32,
+        rowsum [M] int32 or None)``; also zeroes ``zero_out`` ([M, N] fp32) when given."""
         m, k = x2d.shape
         dev = x2d.device
         xq = torch.empty(m, kp, dtype=torch.int8, device=dev)
@@ -205,7 +349,6 @@ class CudaRuntime:
             absmax = x2d.abs().amax().reshape(1)
         n_out = 0 if zero_out is None else zero_out.shape[1]
         if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
-            # decode: the whole row in one load, its quantization split over chunks of K
             block_k, scan_once, qblock = _next_pow2(k), True, QUANT_CHUNK
             chunks = 1 if want_rowsum else triton_cdiv(kp, QUANT_CHUNK)
         elif k <= QUANT_PREFILL_SCAN_ONCE_MAX:
@@ -222,18 +365,6 @@ class CudaRuntime:
             ZERO_OUT=zero_out is not None, num_warps=quant_warps(block_k),
         )
         return xq, xs, rowsum
-
-    def _gemv(self, x2d, absmax, w: CudaWeight, out, rule, per_row, relu, warps, stages):
-        m, n = out.shape
-        grid = (triton_cdiv(n, rule.block_n), triton_cdiv(m, rule.block_m))
-        self.kernels.gemv[grid](
-            x2d, absmax, w.w, w.scale, w.zero_point, w.bias, out,
-            m, n, w.k, w.kp, x2d.stride(0), x2d.stride(1), w.w.stride(0), out.stride(0),
-            BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k,
-            SCAN_BLOCK_K=min(SCAN_BLOCK_K_MAX, _next_pow2(w.k)), PER_ROW=per_row,
-            HAS_WZP=w.zero_point is not None, HAS_BIAS=w.bias is not None, RELU=relu,
-            num_warps=warps, num_stages=stages,
-        )
 
     def _resident_programs(self, device: torch.device, rule, warps: int, stages: int) -> int:
         """Programs of one full wave for the stream-K grid: SMs x blocks per SM
@@ -261,6 +392,8 @@ class CudaRuntime:
             "dispatch_key": self.dispatch_key,
             "device": self.config.device,
             "config_files": list(self.config.sources),
+            "fast_launch": self.fast_launch,
+            "pdl": self.pdl and self.execution == "compiled" and pdl_supported(torch.cuda.current_device()),
             "weight_cache": self.cache.stats(),
             "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
         }
@@ -289,66 +422,28 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def round_up(v: int, multiple: int) -> int:
+    return -(-v // multiple) * multiple
+
+
 def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
-
-
-class _RestoringInterpretedKernel(InterpretedKernel):
-    """:class:`InterpretedKernel` that also undoes what the interpreter leaves patched.
-
-    Triton's interpreter patches ``triton.language`` for nested ``@jit`` helper
-    calls and (3.9) never restores it, which breaks later *compiled* kernels
-    in the same process. Each launch snapshots the patched namespaces and
-    puts them back afterwards.
-    """
-
-    def __getitem__(self, grid):
-        run = super().__getitem__(grid)
-
-        def restoring(*args, **kwargs):
-            saved = _snapshot_language()
-            try:
-                return run(*args, **kwargs)
-            finally:
-                _restore_language(saved)
-
-        return restoring
-
-
-def _language_namespaces():
-    import triton.language as tl
-
-    objs = [tl, tl.core, tl.math, tl.tensor, getattr(tl.core, "tensor_descriptor_base", None)]
-    return [o for o in dict.fromkeys(objs) if o is not None]
-
-
-def _snapshot_language():
-    return [(obj, dict(vars(obj))) for obj in _language_namespaces()]
-
-
-def _restore_language(saved) -> None:
-    for obj, before in saved:
-        now = vars(obj)   # names the interpreter added are left: its cached helpers refer to them
-        for name, value in before.items():
-            if now.get(name, _MISSING) is not value:
-                setattr(obj, name, value)
-
-
-_MISSING = object()
 
 
 def _resolve_execution(mode: str):
     """Return ``(mode, kernels, detail)``; never falls back silently."""
     if mode == "interpreter":
-        return "interpreter", Kernels(_RestoringInterpretedKernel(K.quantize_kernel),
-                                      _RestoringInterpretedKernel(K.dot_kernel),
-                                      _RestoringInterpretedKernel(K.streamk_kernel),
-                                      _RestoringInterpretedKernel(K.gemv_kernel)), (
+        return "interpreter", Kernels(InterpretedKernel(K.quantize_kernel),
+                                      InterpretedKernel(K.dot_kernel),
+                                      InterpretedKernel(K.streamk_kernel),
+                                      InterpretedKernel(K.gemv_kernel),
+                                      InterpretedKernel(K.fused_dot_kernel)), (
             "Triton interpreter on CPU tensors (ops registered for the CPU key): validates the "
             "kernel source on any host; not for speed")
     ok, detail = cuda_status()
     if ok:
-        return "native", Kernels(K.quantize_kernel, K.dot_kernel, K.streamk_kernel, K.gemv_kernel), detail
+        return "compiled", Kernels(K.quantize_kernel, K.dot_kernel, K.streamk_kernel, K.gemv_kernel,
+                                       K.fused_dot_kernel), detail
     raise BackendUnavailable(
         f"cuda backend: execution={mode!r} needs a CUDA device: {detail}. "
         "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "

@@ -7,14 +7,14 @@ owns the device copy (keyed by packed weight and device).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from backends.common import UnpackedWeight
-from backends.common.weights import SYMMETRIC_ACT_MAX, check_accumulator_bound, pad_vector, round_up
+from opregistry.backends.common import UnpackedWeight
+from opregistry.backends.common.weights import SYMMETRIC_ACT_MAX, check_accumulator_bound, pad_vector, round_up
 
-from .kernels import K_ALIGN, N_ALIGN
+from .layout import K_ALIGN, N_ALIGN
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class CudaWeight:
     bias: torch.Tensor | None
     n: int
     k: int
+    # launch plans of this weight (runtime.Plan, keyed by rule, M, activation layout): they hold
+    # this weight's device pointers, so they live and die with it
+    plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def kp(self) -> int:

@@ -17,10 +17,10 @@ point ``zw[n]``, per tensor or per output channel):
 inside int16; int32 accumulation of int8 x int8 cannot saturate that way, so
 it is accepted and ignored here (as qnnpack does).
 
-``activation_scale: native`` instead reproduces PyTorch's own (fbgemm/x86)
+``activation_scale: pytorch`` instead reproduces PyTorch's own (fbgemm/x86)
 activation quantization: per-tensor asymmetric uint8 with PyTorch's choice of
 scale and zero point (7-bit when ``reduce_range``), see
-:mod:`backends.common.native_qparams`; the sum is the same exact integer math
+:mod:`backends.common.pytorch_qparams`; the sum is the same exact integer math
 on ``(q - zp_x)``, never fbgemm's int16 saturation.
 """
 
@@ -30,8 +30,8 @@ import math
 
 import torch
 
-from backends.common import LINEAR_DYNAMIC, UnpackedWeight, check_activation, unpack_weight
-from backends.common.native_qparams import choose_qparams
+from opregistry.backends.common import LINEAR_DYNAMIC, UnpackedWeight, check_activation, unpack_weight
+from opregistry.backends.common.pytorch_qparams import choose_qparams
 
 QMAX = 127
 
@@ -43,13 +43,13 @@ def quantize_activation(x2d: torch.Tensor, mode: str = "per_row") -> tuple[torch
     elif mode == "per_tensor":
         absmax = x2d.abs().amax().reshape(1, 1)
     else:
-        raise ValueError(f"activation_scale: expected per_row, per_tensor or native, got {mode!r}")
+        raise ValueError(f"activation_scale: expected per_row, per_tensor or pytorch, got {mode!r}")
     scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax / QMAX)
     q = torch.round(x2d / scale).clamp(-QMAX, QMAX)
     return q, scale
 
 
-def quantize_activation_native(x2d: torch.Tensor, reduce_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation_pytorch(x2d: torch.Tensor, reduce_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch's uint8 scheme; return ``(q - zp, s)`` with ``s`` of shape [1, 1]
     (NaN when the tensor has a non-finite value)."""
     lo, hi = x2d.min().item(), x2d.max().item()
@@ -67,8 +67,8 @@ def linear_from_unpacked(x: torch.Tensor, w: UnpackedWeight, relu: bool = False,
     out_shape = (*x.shape[:-1], w.out_features)
     if x2d.shape[0] == 0:
         return x.new_zeros(out_shape)
-    if activation_scale == "native":
-        q, s = quantize_activation_native(x2d, reduce_range)
+    if activation_scale == "pytorch":
+        q, s = quantize_activation_pytorch(x2d, reduce_range)
     else:
         q, s = quantize_activation(x2d, activation_scale)
     w_centered = w.w_int8.double() - w.zero_point.double()[:, None]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from importlib.resources import files
 
-from registry import Availability, BackendInfo, ConfigError, OpKernel, hookimpl
+from opregistry.registry import Availability, BackendInfo, OpConfig, OpKernel, hookimpl
 
-from backends.common import LINEAR_DYNAMIC, LINEAR_OPS, LINEAR_RELU_DYNAMIC
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_OPS, LINEAR_RELU_DYNAMIC
+from opregistry.backends.common.opconfig import read_activation_scale
 
 from .ops import linear_dynamic
 
@@ -27,15 +29,18 @@ def opregistry_backend_availability(backend):
 
 @hookimpl
 def opregistry_packaged_config(backend, device):
-    return files("opregistry_configs") / NAME / "default.yaml"
+    return files("opregistry.configs") / NAME / "default.yaml"
+
+
+@dataclass(frozen=True)
+class ReferenceOpConfig(OpConfig):
+    activation_scale: str = "per_row"
 
 
 @hookimpl
-def opregistry_validate_config(backend, config):
-    for op_name, op in config.ops.items():
-        if op.routing:
-            key = f"ops.{op_name}.routing"
-            raise ConfigError(config.source_of(key), key, "the reference backend has no kernels to route; remove it")
+def opregistry_op_config(backend, op, settings):
+    settings.check_keys(("activation_scale",), owner="the reference backend (it has no kernels to route)")
+    return ReferenceOpConfig(activation_scale=read_activation_scale(settings))
 
 
 @hookimpl

@@ -10,7 +10,7 @@ discoverable with one entry point::
 
 import torch
 
-from registry import Availability, BackendInfo, OpKernel, hookimpl
+from opregistry.registry import Availability, BackendInfo, OpKernel, hookimpl
 
 OP = "quantized::linear_dynamic"
 

@@ -5,7 +5,7 @@ One Triton kernel computes ``y = dequant(quant(x) @ W_int8) (+ bias) (ReLU)``:
 * activations are quantized to int8 inside the kernel, round half to even:
   symmetric with per-row scales from a first pass over the program's rows
   (``per_row``), symmetric with one caller-computed scale (``per_tensor``), or
-  PyTorch's own asymmetric uint8 scheme (``native``: caller-computed scale and
+  PyTorch's own asymmetric uint8 scheme (``pytorch``: caller-computed scale and
   zero point; the uint8 values are shifted by -128 into int8 and the shift is
   undone in the epilogue with the weight's cached column sums),
 * ``int8 x int8 -> int32`` through ``tl.dot`` (``USE_DOT``) or, for compilers
@@ -24,18 +24,14 @@ Only language features shared by Triton 3.0 (triton-cpu) through 3.9 are used.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
 QMAX = tl.constexpr(127.0)    # symmetric int8 range [-127, 127]
 UMAX = tl.constexpr(255.0)    # PyTorch's uint8 activations (its reduce_range only narrows the scale)
 INF = tl.constexpr(float("inf"))
 
-ACT_PER_ROW, ACT_PER_TENSOR, ACT_NATIVE = 0, 1, 2   # values of the ACT constexpr
+ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH = 0, 1, 2   # values of the ACT constexpr
 SCAN_BLOCK_K_MAX = 512  # K tile of the per-row absmax pass (power of two)
 
 
@@ -90,7 +86,7 @@ def qlinear_kernel(
             a = tl.load(x_tile)
         else:
             a = tl.load(x_tile, mask=m_ok[:, None] & ((k0 + rk) < K)[None, :], other=0.0)
-        if ACT == 2:  # ACT_NATIVE: PyTorch multiplies by the fp32 reciprocal
+        if ACT == 2:  # ACT_PYTORCH: PyTorch multiplies by the fp32 reciprocal
             v = a * x_inv_scale
         else:
             a = tl.where(row_ok[:, None], a, 0.0)         # keep non-finite values out of the int cast
@@ -142,9 +138,9 @@ def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, act,
     """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) over ``out``.
 
     ``x2d`` is ``[M, K]`` fp32 (any strides); ``out`` is ``[M, N]`` fp32 with unit
-    column stride; ``weight`` is a :class:`backends.common.weights.PreparedWeight`
-    (with ``colsum`` when ``act`` is ``ACT_NATIVE``). ``x_scale`` (and for
-    native ``x_inv_scale``, ``x_zp``) are the caller's activation qparams when
+    column stride; ``weight`` is a :class:`~opregistry.backends.arm.layout.PreparedWeight`
+    (with ``colsum`` when ``act`` is ``ACT_PYTORCH``). ``x_scale`` (and for
+    ``pytorch`` ``x_inv_scale``, ``x_zp``) are the caller's activation qparams when
     ``act`` is not ``ACT_PER_ROW``.
     """
     m, k = x2d.shape
@@ -165,57 +161,3 @@ def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, act,
         RELU=relu, USE_DOT=use_dot,
     )
     return out
-
-
-class InterpretedKernel:
-    """Run a ``@triton.jit`` kernel through Triton's interpreter, whatever
-    ``TRITON_INTERPRET`` was when Triton was imported.
-
-    ``InterpretedFunction`` interprets the kernel body, but the Triton standard
-    library (``tl.zeros``, ``tl.sum``, ...) was compiled-mode ``@jit`` at import
-    and refuses to be called from Python. During a launch those calls are
-    routed to the interpreter too. The interpreter patches ``triton.language``
-    globally while it runs, so launches are serialised by one lock.
-    """
-
-    _lock = threading.Lock()
-    _device_fns: dict = {}  # id(JITFunction) -> InterpretedFunction; stdlib functions live forever
-
-    def __init__(self, jit_fn):
-        from triton.runtime.interpreter import InterpretedFunction
-
-        self._fn = InterpretedFunction(getattr(jit_fn, "fn", jit_fn))
-
-    @classmethod
-    @contextmanager
-    def _nested_jit_calls_interpreted(cls):
-        from triton.runtime.interpreter import InterpretedFunction, _patch_lang
-
-        def call(jit_fn, *args, **kwargs):
-            fn = cls._device_fns.get(id(jit_fn))
-            if fn is None:
-                fn = cls._device_fns[id(jit_fn)] = InterpretedFunction(jit_fn.fn)
-            # InterpretedFunction.__call__ patches triton.language for the callee
-            # and never restores it, which breaks compiled kernels launched later
-            # in the process; patch and restore around the call instead.
-            scope = _patch_lang(jit_fn.fn)
-            try:
-                return fn.rewrite()(*args, **kwargs)
-            finally:
-                scope.restore()
-
-        original = JITFunction.__call__
-        JITFunction.__call__ = call
-        try:
-            yield
-        finally:
-            JITFunction.__call__ = original
-
-    def __getitem__(self, grid):
-        launcher = self._fn[grid]
-
-        def run(*args, **kwargs):
-            with self._lock, self._nested_jit_calls_interpreted():
-                return launcher(*args, **kwargs)
-
-        return run

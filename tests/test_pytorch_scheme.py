@@ -1,4 +1,4 @@
-"""``activation_scale: native`` reproduces PyTorch's own activation quantization.
+"""``activation_scale: pytorch`` reproduces PyTorch's own activation quantization.
 
 Bound against PyTorch's op (x86/fbgemm, ``reduce_range=True``): both choose the
 same scale and zero point and quantize with the same fp32 multiply and
@@ -14,20 +14,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-import registry
-from backends.arm.runtime import ArmRuntime
-from backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, unpack_weight
-from backends.common.native_qparams import choose_qparams
-from backends.reference.ops import linear_dynamic as reference_linear
+from opregistry import registry
+from opregistry.backends.arm.runtime import ArmRuntime
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, unpack_weight
+from opregistry.backends.common.pytorch_qparams import choose_qparams
+from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 
-from conftest import make_packed, quantized_engine
+from opregistry.testing import make_packed, quantized_engine
 
-NATIVE_OPS = {op: {"activation_scale": "native"} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+PYTORCH_OPS = {op: {"activation_scale": "pytorch"} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
 
 
 @pytest.fixture(scope="module")
-def arm_native():
-    cfg = registry.Registry().build_config("arm", device="generic", execution="interpreter", ops=NATIVE_OPS)
+def arm_pytorch():
+    cfg = registry.Registry().build_config("arm", device="generic", execution="interpreter", ops=PYTORCH_OPS)
     return ArmRuntime(cfg)
 
 
@@ -65,25 +65,25 @@ MATRIX = [  # (m, n, k, per_channel, zero_point, bias)
 
 @pytest.mark.parametrize("engine", ["x86", "fbgemm"])
 @pytest.mark.parametrize("m, n, k, per_channel, zp, bias", MATRIX)
-def test_matches_pytorch_native_op_with_reduce_range(arm_native, engine, m, n, k, per_channel, zp, bias):
-    packed = make_packed(n, k, per_channel=per_channel, zero_point=zp, bias=bias, engine=engine, seed=m)
+def test_matches_pytorch_native_op_with_reduce_range(arm_pytorch, engine, m, n, k, per_channel, zp, bias):
+    packed = make_packed(n, k, per_channel=per_channel, zero_points=bool(zp), bias=bias, engine=engine, seed=m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3 + 0.5
     with quantized_engine(engine):
         y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
-        y_ref = reference_linear(x, packed, True, activation_scale="native")
-        y_arm = arm_native.runners[LINEAR_DYNAMIC](x, packed, True)
+        y_ref = reference_linear(x, packed, True, activation_scale="pytorch")
+        y_arm = arm_pytorch.runners[LINEAR_DYNAMIC](x, packed, True)
     bound = native_bound(x, packed, True, y_native)
     for name, y in (("reference", y_ref), ("arm", y_arm)):
         ratio = ((y.double() - y_native.double()).abs() / bound).max().item()
         assert ratio <= 1.0, f"{name}: max error / bound = {ratio:.3g}"
 
 
-def test_relu_3d_and_padding_in_native_mode(arm_native):
-    packed = make_packed(30, 50, per_channel=True, zero_point=3)
+def test_relu_3d_and_padding_in_native_mode(arm_pytorch):
+    packed = make_packed(30, 50, per_channel=True, zero_points=True)
     x = torch.randn(2, 7, 50) + 1
     with quantized_engine("x86"):
         y_native = torch.ops.quantized.linear_relu_dynamic(x, packed, True)
-    y_arm = arm_native.runners[LINEAR_RELU_DYNAMIC](x, packed, True)
+    y_arm = arm_pytorch.runners[LINEAR_RELU_DYNAMIC](x, packed, True)
     bound = native_bound(x.reshape(-1, 50), packed, True, None).reshape(2, 7, 30)
     assert ((y_arm.double() - y_native.double()).abs() <= bound).all()
 
@@ -103,26 +103,26 @@ def test_without_reduce_range_we_match_float64_asymmetric_math():
     p = choose_qparams(x.min().item(), x.max().item(), False)
     q = (torch.round(x * p.inv_scale) + p.zero_point).clamp(0, 255)
     expected = ((q.double() - p.zero_point) * p.scale) @ qweight.dequantize().double().T + bias.double()
-    y_ref = reference_linear(x, packed, False, activation_scale="native")
+    y_ref = reference_linear(x, packed, False, activation_scale="pytorch")
     torch.testing.assert_close(y_ref.double(), expected, rtol=1e-5, atol=1e-4)
     exact = x.double() @ qweight.dequantize().double().T + bias.double()
     assert ((y_ref.double() - exact).norm() / exact.norm()).item() < 0.02   # 8-bit quantization error only
 
 
-def test_non_finite_input_gives_nan(arm_native):
+def test_non_finite_input_gives_nan(arm_pytorch):
     packed = make_packed(8, 16)
     x = torch.randn(3, 16)
     x[1, 2] = float("inf")
-    assert torch.isnan(arm_native.runners[LINEAR_DYNAMIC](x, packed, True)).all()
-    assert torch.isnan(reference_linear(x, packed, True, activation_scale="native")).all()
+    assert torch.isnan(arm_pytorch.runners[LINEAR_DYNAMIC](x, packed, True)).all()
+    assert torch.isnan(reference_linear(x, packed, True, activation_scale="pytorch")).all()
 
 
-def test_native_mode_through_the_dispatcher():
+def test_pytorch_scheme_through_the_dispatcher():
     packed = make_packed(24, 40, engine="x86")
     x = torch.randn(5, 40)
     with quantized_engine("x86"):
         y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
-        with registry.enabled(backend="arm", execution="interpreter", ops=NATIVE_OPS):
+        with registry.enabled(backend="arm", execution="interpreter", ops=PYTORCH_OPS):
             y = torch.ops.quantized.linear_dynamic(x, packed, True)
     assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, True, None)).all()
 
@@ -163,7 +163,7 @@ def test_integer_grid_is_exact_through_the_dispatcher(engine, per_channel, reduc
     op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
     with quantized_engine(engine):
         for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
-            with registry.enabled(backend=backend, ops=NATIVE_OPS, **extra):
+            with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
                 y = op(x, packed, reduce_range)
                 served = registry.status()["ops"][LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC]
             assert served["backend"] == backend and served["calls"] == 1

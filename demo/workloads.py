@@ -1,8 +1,10 @@
 """Workloads behind ``opregistry demo`` and ``opregistry bench``.
 
 Everything here builds dynamic-quantized models with ``torch.ao.quantization``
-and runs them with PyTorch's own kernel ("native") and with each backend of the
-registry, through the same module or op call a user makes.
+and runs them with PyTorch's own kernel (labelled ``pytorch``) and with each
+backend of the registry, through the same module or op call a user makes.
+Backends are reached only through the registry's public API and documented
+hooks (``opregistry_stub_kernels``, ``registry.status()``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import registry
-from registry.errors import BackendUnavailable, RegistryError
+from opregistry import registry
+from opregistry.registry.errors import BackendUnavailable, RegistryError
 
 LINEAR_DYNAMIC = "quantized::linear_dynamic"
 # torch 2.13 deprecates torch.ao.quantization and quantized tensor creation; the
@@ -109,15 +111,16 @@ def progress_over_linears(model: nn.Module, label: str, calls: int):
 
 
 # ---------------------------------------------------------------------------
-# Which implementations run: native, then each backend that can be enabled here
+# Which implementations run: pytorch, then each backend that can be enabled here
 # ---------------------------------------------------------------------------
 
 @dataclass
 class Impl:
     label: str
-    backend: str | None            # None: PyTorch's native kernel, nothing enabled
+    backend: str | None            # None: PyTorch's own kernel, nothing enabled
     overrides: dict = field(default_factory=dict)
     note: str = ""
+    default_failure: str = ""      # why the default execution could not run (interpreter fallback)
 
     @property
     def is_interpreter(self) -> bool:
@@ -134,18 +137,20 @@ class Impl:
 
 def select_impls(backend: str | None = None, execution: str | None = None,
                  include_interpreter: bool = True, out=None) -> list[Impl]:
-    """Native plus each backend that can be enabled here (or just ``backend``).
+    """PyTorch's own kernel plus each backend that can be enabled here (or just ``backend``).
 
     A backend that is unavailable with its default execution is tried with
     ``execution='interpreter'`` (labelled as validation) when
-    ``include_interpreter`` is set; one that cannot run at all is reported and skipped.
+    ``include_interpreter`` is set. One that cannot run at all is reported and
+    skipped, or raises :class:`DemoError` with the reason when it is the
+    ``backend`` asked for.
     """
     out = out or sys.stdout
     rows = registry.backends()
     names = [r["name"] for r in rows]
     if backend is not None and backend not in names:
         raise DemoError(f"unknown backend {backend!r}; installed backends: {', '.join(names) or 'none'}")
-    impls = [Impl("native", None, note=f"PyTorch {torch.backends.quantized.engine} kernel")]
+    impls = [Impl("pytorch", None, note=f"PyTorch's own kernel ({torch.backends.quantized.engine} engine)")]
     for row in rows:
         name = row["name"]
         if backend is not None and name != backend:
@@ -166,10 +171,12 @@ def select_impls(backend: str | None = None, execution: str | None = None,
                 continue
             label = f"{name}[interpreter]" if overrides.get("execution") == "interpreter" else name
             note = "Triton interpreter: validation only, not speed" if label.endswith("[interpreter]") else ""
-            impls.append(Impl(label, name, overrides, note))
+            impls.append(Impl(label, name, overrides, note, default_failure=errors[0] if errors else ""))
             break
         else:
             why = errors[-1] if errors else row["reason"]
+            if backend is not None:
+                raise DemoError(f"backend {name!r} cannot run here: {why}")
             print(f"  skipping backend {name!r}: {why}", file=out)
     return impls[:1] + sorted(impls[1:], key=lambda i: i.is_interpreter)
 
@@ -472,25 +479,10 @@ def run_bench(impls: list[Impl], shapes: list[tuple[int, int]], ms: list[int], s
     return rows
 
 
-class _StubKernel:
-    """Stands in for the Triton kernel: ``kernel[grid](...)`` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-def _arm_runtime():
-    return registry.default_registry().plugins.get("arm").plugin.runtime
-
-
-def _arm_impl() -> Impl | None:
-    for overrides in ({}, {"execution": "interpreter"}):
-        try:
-            with registry.enabled(backend="arm", **overrides):
-                return Impl("arm", "arm", overrides)
-        except RegistryError:
-            continue
-    return None
+def kernel_stub(backend: str):
+    """The backend's context manager that skips its kernel launches (hook
+    ``opregistry_stub_kernels``; the backend must be enabled), or ``None``."""
+    return registry.default_registry().plugins.call(backend, "opregistry_stub_kernels")
 
 
 def _per_call(fn, iters: int, repeats: int = 5) -> float:
@@ -504,49 +496,69 @@ def _per_call(fn, iters: int, repeats: int = 5) -> float:
     return statistics.median(best)
 
 
-def measure_overhead(k: int = 2048, n: int = 2048, m: int = 1, iters: int = 2000) -> dict:
-    """Host time per linear call with the ARM kernel launch stubbed out, next to
-    the native op's total time at the same shape."""
+def measure_overhead(impls: list[Impl], k: int = 2048, n: int = 2048, m: int = 1, iters: int = 2000) -> dict:
+    """Host time per linear call of each backend in ``impls`` with its kernel
+    launch stubbed out, next to PyTorch's op's total time at the same shape.
+
+    Any execution mode will do (the kernel does not run); a backend that offers
+    no stub is reported, not timed.
+    """
     _, qlin = make_qlinear(k, n)
     packed = qlin._packed_params._packed_params
     x = torch.randn(m, k)
     op = torch.ops.quantized.linear_dynamic
+    result = {"k": k, "n": n, "m": m, "backends": []}
     with torch.no_grad():
-        native = _per_call(lambda: op(x, packed, True), max(iters // 10, 50))
-        result = {"k": k, "n": n, "m": m, "native_op_us": native * 1e6}
-        impl = _arm_impl()
-        if impl is None:
-            result["error"] = "the arm backend cannot be enabled here, not even with execution='interpreter'"
-            return result
-        with impl.active():
-            runtime = _arm_runtime()
-            runtime.kernel = _StubKernel()   # dropped with the runtime at disable
-            result["arm_execution"] = runtime.execution
-            result["dispatcher_us"] = _per_call(lambda: op(x, packed, True), iters) * 1e6
-            result["fast_path_us"] = _per_call(lambda: qlin(x), iters) * 1e6
-            result["fast_path_on"] = registry.status()["backends"]["arm"]["fast_path"]
+        result["pytorch_op_us"] = _per_call(lambda: op(x, packed, True), max(iters // 10, 50)) * 1e6
+        for impl in impls:
+            if impl.backend is None:
+                continue
+            entry = {"impl": impl.label, "backend": impl.backend}
+            with impl.active() as cfg:
+                stub = kernel_stub(impl.backend)
+                if stub is None:
+                    entry["error"] = "no kernel launch to stub (the backend implements no opregistry_stub_kernels)"
+                else:
+                    with stub:
+                        entry["execution"] = cfg.execution
+                        entry["dispatcher_us"] = _per_call(lambda: op(x, packed, True), iters) * 1e6
+                        entry["module_us"] = _per_call(lambda: qlin(x), iters) * 1e6
+                    entry["fast_path"] = bool(registry.status()["backends"].get(impl.backend, {}).get("fast_path"))
+            result["backends"].append(entry)
     return result
 
 
-def measure_cache_memory(shapes: list[tuple[int, int]]) -> dict:
-    """Bytes the ARM weight cache holds for one weight per shape, vs their int8 bytes."""
-    impl = _arm_impl()
-    if impl is None:
-        return {"error": "the arm backend cannot be enabled here"}
-    mods = [make_qlinear(k, n)[1] for k, n in shapes]
+def measure_cache_memory(impls: list[Impl], shapes: list[tuple[int, int]]) -> dict:
+    """Bytes each backend's weight cache holds for one weight per shape (as the
+    backend reports in ``registry.status()``), vs the weights' int8 bytes."""
     int8 = sum(k * n for k, n in shapes)
-    with impl.active(), torch.no_grad():
-        runtime = _arm_runtime()
-        runtime.kernel = _StubKernel()       # preparing the weight is what is measured
-        for (k, _), mod in zip(shapes, mods):
-            mod(torch.zeros(1, k))
-        cached = runtime.cache.stats()["bytes"]
-    return {"shapes": [f"{k}x{n}" for k, n in shapes], "int8_weight_bytes": int8, "arm_cache_bytes": cached,
-            "ratio": cached / int8, "reference_cache_bytes": 0}
+    result = {"shapes": [f"{k}x{n}" for k, n in shapes], "int8_weight_bytes": int8, "backends": []}
+    mods = [make_qlinear(k, n)[1] for k, n in shapes]
+    for impl in impls:
+        if impl.backend is None:
+            continue
+        entry = {"impl": impl.label, "backend": impl.backend}
+        with impl.active(), torch.no_grad():
+            stub = kernel_stub(impl.backend)
+            if stub is None and impl.is_interpreter:
+                entry["error"] = "runs only through Triton's interpreter here and offers no kernel stub"
+                result["backends"].append(entry)
+                continue
+            with stub or contextlib.nullcontext():       # preparing the weight is what is measured
+                for (k, _), mod in zip(shapes, mods):
+                    mod(torch.zeros(1, k))
+            cache = registry.status()["backends"].get(impl.backend, {}).get("weight_cache")
+        if cache is None:
+            entry["cache_bytes"] = None                   # the backend reports no weight cache
+        else:
+            entry["cache_bytes"] = cache["bytes"]
+            entry["ratio"] = cache["bytes"] / int8
+        result["backends"].append(entry)
+    return result
 
 
 # ---------------------------------------------------------------------------
-# Fidelity (issue 5)
+# Fidelity: accuracy against fp32 and float64 math
 # ---------------------------------------------------------------------------
 
 def _ref_impl() -> Impl:
@@ -555,7 +567,7 @@ def _ref_impl() -> Impl:
 
 def fidelity_random(k: int = 2048, n: int = 2048, m: int = 64, seed: int = 0,
                     outlier_rows=(3, 17, 40), outlier_scale: float = 50.0, per_channel: bool = False) -> dict:
-    """(a) relative error vs fp32 of native and the default scheme (reference backend)."""
+    """(a) relative error vs fp32 of PyTorch's op and the default scheme (reference backend)."""
     lin, qlin = make_qlinear(k, n, seed, per_channel=per_channel)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(m, k, generator=gen)
@@ -568,19 +580,19 @@ def fidelity_random(k: int = 2048, n: int = 2048, m: int = 64, seed: int = 0,
             ref = xi.double() @ lin.weight.double().T + lin.bias.double()
             # activation quantization alone: float64 math on the dequantized int8 weights
             ref_dq = xi.double() @ qlin.weight().dequantize().double().T + lin.bias.double()
-            native = qlin(xi)
+            theirs = qlin(xi)
             with _ref_impl().active():
                 ours = qlin(xi)
             entry = {}
-            for name, y in (("native", native), ("ours", ours)):
+            for name, y in (("pytorch", theirs), ("ours", ours)):
                 entry[name] = {"rel_error": rel_error(y, ref), "row_rel_error": row_rel_error(y, ref),
                                "activation_only_rel_error": rel_error(y, ref_dq)}
                 if case == "outlier_rows":
                     entry[name]["normal_rows_rel_error"] = rel_error(y[normal_rows], ref[normal_rows])
-            entry["ratio"] = entry["ours"]["rel_error"] / entry["native"]["rel_error"]
-            entry["row_ratio"] = entry["ours"]["row_rel_error"] / entry["native"]["row_rel_error"]
+            entry["ratio"] = entry["ours"]["rel_error"] / entry["pytorch"]["rel_error"]
+            entry["row_ratio"] = entry["ours"]["row_rel_error"] / entry["pytorch"]["row_rel_error"]
             entry["activation_only_ratio"] = (entry["ours"]["activation_only_rel_error"]
-                                              / entry["native"]["activation_only_rel_error"])
+                                              / entry["pytorch"]["activation_only_rel_error"])
             res[case] = entry
     res["outliers"] = f"rows {list(outlier_rows)} x{outlier_scale:g}"
     return res
@@ -608,25 +620,29 @@ def fidelity_grid(impl: Impl, k: int, n: int, m: int, seed: int = 0) -> dict:
     y64 = x.double() @ w.T + b
     scale_terms = x.double().abs() @ w.abs().T + b.abs()
     u = 2.0 ** -24
-    # The contract's per-row quantization, written out (the registry imports no backend).
+    # The contract's per-row quantization, written out (the application imports no backend).
     q = torch.round(x / (x.abs().amax(dim=1, keepdim=True) / 127))
     out = {"impl": impl.label, "k": k, "n": n, "m": m,
            "activation_quantization_lossless": bool(torch.equal(q.double(), q_true))}
     with torch.no_grad():
-        native = qlin(x)
+        theirs = qlin(x)
         with impl.active():
             ours = qlin(x)
-    for name, y in (("native", native), ("ours", ours)):
+    for name, y in (("pytorch", theirs), ("ours", ours)):
         out[f"{name}_err_units"] = float(((y.double() - y64).abs() / (u * scale_terms)).max())
         out[f"{name}_rel_error"] = rel_error(y, y64)
     return out
 
 
 def environment() -> dict:
-    import triton
+    try:                     # optional: the backends that need it say so themselves
+        import triton
 
+        triton_version = triton.__version__
+    except Exception as exc:  # noqa: BLE001 - any import failure: report, do not stop
+        triton_version = f"not importable ({type(exc).__name__})"
     return {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-            "triton": triton.__version__, "quantized_engine": torch.backends.quantized.engine,
+            "triton": triton_version, "quantized_engine": torch.backends.quantized.engine,
             "threads": torch.get_num_threads()}
 
 
@@ -638,6 +654,6 @@ def fmt_bytes(b: float) -> str:
     return str(b)
 
 
-__all__ = ["DemoError", "Impl", "MLPStack", "environment", "fidelity_grid", "fidelity_random",
+__all__ = ["DemoError", "Impl", "MLPStack", "environment", "fidelity_grid", "fidelity_random", "kernel_stub",
            "measure_cache_memory", "measure_overhead", "quantize", "run_bench", "run_mlp_demo",
            "run_minilm_demo", "select_impls"]

@@ -8,7 +8,7 @@ the range stretched), the zero point from whichever end loses less precision,
 nudged into [qmin, qmax] and rounded half to even. ``reduce_range`` halves
 qmin/qmax (7-bit values). Values are then ``clamp(rne(x * (1/scale)) + zp, 0, 255)``
 with the reciprocal in fp32. Written out here in float32/float64 as PyTorch's
-C++ does; tests/test_native_mode.py checks it against
+C++ does; tests/test_pytorch_scheme.py checks it against
 ``torch._choose_qparams_per_tensor`` and the op itself.
 """
 
@@ -23,13 +23,13 @@ SMALL_SCALE_THRESHOLD = np.float32(6.1e-5)
 
 
 @dataclass(frozen=True)
-class NativeQParams:
+class PyTorchQParams:
     scale: float          # the fp32 scale, as a Python float
     inv_scale: float      # fp32 1/scale, as PyTorch multiplies by it
     zero_point: int
 
 
-def choose_qparams(x_min: float, x_max: float, reduce_range: bool) -> NativeQParams:
+def choose_qparams(x_min: float, x_max: float, reduce_range: bool) -> PyTorchQParams:
     qmin, qmax = (0, 127) if reduce_range else (0, 255)
     lo = min(np.float32(x_min), np.float32(0.0))
     hi = max(np.float32(x_max), np.float32(0.0))
@@ -53,4 +53,4 @@ def choose_qparams(x_min: float, x_max: float, reduce_range: bool) -> NativeQPar
     initial = from_min if from_min_error < from_max_error else from_max
     zero_point = qmin if initial < qmin else qmax if initial > qmax else int(round(initial))  # half to even
     scale32 = np.float32(scale)
-    return NativeQParams(float(scale32), float(np.float32(1.0) / scale32), zero_point)
+    return PyTorchQParams(float(scale32), float(np.float32(1.0) / scale32), zero_point)

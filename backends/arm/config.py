@@ -1,0 +1,66 @@
+"""The ARM backend's op settings (``ops.<op>.*`` in its YAML tables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opregistry.registry import OpConfig, Section, parse_routing
+from opregistry.registry.routing import RULE_KEYS
+
+from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activation_scale, read_tiles
+
+KERNELS = ("dot", "gemv")
+OP_KEYS = ("padding", "activation_scale", "fast_path", "weight_layout", "routing")
+
+
+@dataclass(frozen=True)
+class ArmRule(TiledRule):
+    pad_m: bool = False     # pad M with zero rows to a multiple of block_m (when the op allows padding)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Tiles of the cached weight: ``[K/block_k, N/block_n, block_k, block_n]``."""
+
+    block_k: int = 32
+    block_n: int = 64
+
+
+@dataclass(frozen=True)
+class ArmOpConfig(OpConfig):
+    padding: bool = True            # allow rules with pad_m to pad M
+    activation_scale: str = "per_row"
+    fast_path: bool = True          # serve nn.quantized.dynamic.Linear without the dispatcher
+    weight_layout: WeightLayout = WeightLayout()
+    routing: tuple[ArmRule, ...] = ()
+
+
+def read_op_config(settings: Section) -> ArmOpConfig:
+    settings.check_keys(OP_KEYS, owner="the arm backend")
+    layout = WeightLayout()
+    if "weight_layout" in settings:
+        s = settings.sub("weight_layout")
+        s.check_keys(("block_k", "block_n"))
+        layout = WeightLayout(s.get_tile("block_k", layout.block_k), s.get_tile("block_n", layout.block_n))
+
+    def read_rule(rule: Section, common: dict) -> ArmRule:
+        rule.check_keys(RULE_KEYS + TILE_KEYS + ("pad_m",), owner="an arm routing rule")
+        if common["kernel"] not in KERNELS:
+            raise rule.error("kernel", f"expected one of {', '.join(KERNELS)}, got {common['kernel']!r}")
+        tiles = read_tiles(rule)
+        for tile in ("block_k", "block_n"):
+            if getattr(layout, tile) % tiles[tile]:
+                layout_src = settings.source(f"weight_layout.{tile}")
+                set_in = "" if layout_src == rule.source(tile) else f", set in {layout_src}"
+                raise rule.error(tile, f"{tiles[tile]} must divide {settings.key('weight_layout')}.{tile}="
+                                       f"{getattr(layout, tile)}{set_in} (each B tile is read from one cached "
+                                       "weight tile)")
+        return ArmRule(**common, **tiles, pad_m=rule.get_bool("pad_m", False))
+
+    return ArmOpConfig(
+        padding=settings.get_bool("padding", True),
+        activation_scale=read_activation_scale(settings),
+        fast_path=settings.get_bool("fast_path", True),
+        weight_layout=layout,
+        routing=parse_routing(settings, read_rule),
+    )

@@ -1,0 +1,149 @@
+"""Helpers for testing a backend against the quantization contract.
+
+Used by this project's tests and tools, and by third-party backends that want
+the same checks: packed weights under a chosen engine, and one per-element
+bound on ``|kernel - reference|`` derived from the contract (never a
+whole-tensor norm, under which one flipped quantum hides).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+
+import torch
+
+from opregistry.backends.common import UnpackedWeight, unpack_weight
+from opregistry.backends.reference.ops import linear_from_unpacked, quantize_activation, quantize_activation_pytorch
+
+# Relative bound of an fp32 epilogue (a few roundings of the product and bias).
+EPILOGUE_REL = 2.0 ** -21
+EPILOGUE_ABS = 2.0 ** -146
+TIE_ULPS = 4   # an activation this close to a rounding tie may round either way in another fp32 order
+
+
+def engines(zero_point_nonzero: bool = False) -> list[str]:
+    """Quantized engines of this host whose ``linear_prepack`` takes such a weight
+    (oneDNN takes symmetric weights only)."""
+    supported = torch.backends.quantized.supported_engines
+    names = ["x86", "fbgemm", "qnnpack"] + ([] if zero_point_nonzero else ["onednn"])
+    return [e for e in names if e in supported]
+
+
+@contextmanager
+def quantized_engine(name: str):
+    """``torch.backends.quantized.engine = name`` for the block."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def make_qweight(n: int, k: int, *, per_channel: bool = False, zero_points: bool = False,
+                 gen: torch.Generator | None = None, full_range: bool = True) -> torch.Tensor:
+    """A qint8 weight ``[n, k]``: random int8 values (with ``full_range``, -128
+    included) and, when asked, non-zero zero points."""
+    gen = gen or torch.Generator().manual_seed(0)
+    low = -128 if full_range else -127
+    ints = torch.randint(low, 128, (n, k), dtype=torch.int8, generator=gen)
+    with quiet_quantized_tensor_creation():
+        if per_channel:
+            scales = torch.rand(n, dtype=torch.float64, generator=gen) * 0.05 + 1e-4
+            zps = (torch.randint(-128, 128, (n,), generator=gen) if zero_points
+                   else torch.zeros(n, dtype=torch.int64))
+            return torch._make_per_channel_quantized_tensor(ints, scales, zps, 0)
+        scale = float(torch.rand((), generator=gen)) * 0.05 + 1e-4
+        zp = int(torch.randint(-128, 128, (), generator=gen)) if zero_points else 0
+        if zero_points and zp == 0:
+            zp = 1
+        return torch._make_per_tensor_quantized_tensor(ints, scale, zp)
+
+
+def make_packed(n: int, k: int, *, per_channel: bool = False, zero_points: bool = False, bias: bool = True,
+                engine: str = "x86", seed: int = 0, bias_scale: float = 1.0):
+    """A fresh random packed ``LinearPackedParamsBase`` (``[n, k]`` qint8, full
+    int8 range) prepacked under ``engine``."""
+    gen = torch.Generator().manual_seed(seed)
+    qw = make_qweight(n, k, per_channel=per_channel, zero_points=zero_points, gen=gen)
+    b = torch.randn(n, generator=gen) * bias_scale if bias else None
+    with quantized_engine(engine), quiet_quantized_tensor_creation():
+        return torch.ops.quantized.linear_prepack(qw, b)
+
+
+def reference(x: torch.Tensor, w: UnpackedWeight, relu: bool = False, mode: str = "per_row",
+              reduce_range: bool = False) -> torch.Tensor:
+    """The contract in float64, as the reference backend computes it."""
+    return linear_from_unpacked(x, w, relu, mode, reduce_range)
+
+
+def contract_tolerance(x: torch.Tensor, w: UnpackedWeight, mode: str = "per_row",
+                       reduce_range: bool = False) -> torch.Tensor:
+    """Per-element bound (float64, shape of the output) on ``|kernel - reference|``.
+
+    ``EPILOGUE_REL * (|acc| s sw + |b|) + EPILOGUE_ABS`` for the fp32 epilogue,
+    plus ``s sw sum_k tie[m, k] |w[n, k] - zw[n]|``: one quantum of every
+    activation element within ``TIE_ULPS`` ulps of a rounding tie.
+    """
+    x2d = x.reshape(-1, w.in_features)
+    if mode == "pytorch":
+        q, s = quantize_activation_pytorch(x2d, reduce_range)
+        v = x2d / s if torch.isfinite(s).all() else x2d
+    else:
+        q, s = quantize_activation(x2d, mode)
+        v = x2d / s
+    wc = w.w_int8.double() - w.zero_point.double()[:, None]
+    acc = q.double() @ wc.T
+    scale = s.double() * w.scale.double()[None, :]
+    mag = acc.abs() * scale
+    if w.bias is not None:
+        mag = mag + w.bias.double().abs()[None, :]
+    frac = v - torch.floor(v)
+    a = v.abs()
+    ulp = torch.nextafter(a, torch.full_like(a, math.inf)) - a
+    near_tie = ((frac - 0.5).abs() <= TIE_ULPS * ulp) & torch.isfinite(v)
+    ties = (near_tie.double() @ wc.abs().T) * scale
+    tol = EPILOGUE_REL * mag + EPILOGUE_ABS + ties
+    return tol.reshape(*x.shape[:-1], w.out_features)
+
+
+def mismatches(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
+               reduce_range: bool = False) -> str | None:
+    """``None`` when ``y`` satisfies the contract for ``x`` and weight ``w`` (packed
+    or :class:`UnpackedWeight`); otherwise what is wrong, with the first bad element."""
+    if not isinstance(w, UnpackedWeight):
+        w = unpack_weight(w)
+    expected = reference(x, w, relu, mode, reduce_range)
+    if y.shape != expected.shape or y.dtype != expected.dtype:
+        return f"shape/dtype {tuple(y.shape)} {y.dtype}, expected {tuple(expected.shape)} {expected.dtype}"
+    nan_y, nan_e = torch.isnan(y), torch.isnan(expected)
+    if not torch.equal(nan_y, nan_e):
+        return f"NaN positions differ: {int((nan_y != nan_e).sum())} elements"
+    if y.numel() == 0:
+        return None
+    tol = contract_tolerance(x, w, mode, reduce_range)
+    ok = ~nan_e
+    err = (y.double() - expected.double()).abs()
+    inf_same = torch.isinf(y) & torch.isinf(expected) & (y == expected)
+    bad = ok & ~inf_same & ~(err <= tol)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        return (f"{int(bad.sum())} elements beyond tolerance; first at {idx}: got {float(y[idx])!r}, "
+                f"expected {float(expected[idx])!r}, |diff| {float(err[idx]):.3e} > tol {float(tol[idx]):.3e}")
+    return None
+
+
+def assert_matches_contract(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
+                            reduce_range: bool = False) -> None:
+    problem = mismatches(y, x, w, relu, mode, reduce_range)
+    assert problem is None, problem
+
+
+@contextmanager
+def quiet_quantized_tensor_creation():
+    """torch 2.13 deprecates quantized tensor creation; silence exactly that, for a block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*(quantize_per_(tensor|channel)|quantized tensor).*deprecated")
+        yield
