@@ -197,7 +197,7 @@ def _rule(**kw):
     (_rule(block_n=512), "at most 256"),
     (_rule(block_k=1024), "at most 512"),
     (_rule(num_warps=3), "num_warps"),
-    (_rule(pad_m=True), "mask the M edge"),
+    (_rule(pad_m=True), "pad_m: unknown key for a cuda routing rule"),
     (_rule(block_m=256, block_n=256, block_k=256, num_stages=4), "shared memory"),
     (_rule(kernel="gemv_fused", block_m=4, block_n=64, block_k=512, num_warps=4), "registers"),
 ])
@@ -209,7 +209,7 @@ def test_rule_limits(reg, rule, message):
 
 
 def test_weight_layout_rejected(reg):
-    with pytest.raises(ConfigError, match="weight_layout: not used by the cuda backend"):
+    with pytest.raises(ConfigError, match="weight_layout: unknown key for the cuda backend"):
         reg.build_config("cuda", device="default", ops={LINEAR: {"weight_layout": {"block_k": 32}}})
 
 

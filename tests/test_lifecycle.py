@@ -51,7 +51,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def test_enable_disable_cycles_restore_native(probe, record_property):
+def test_enable_disable_cycles_restore_pytorch_kernels(probe, record_property):
     """1000 cycles, alternating the default registry (public API), a private
     registry, and nested context managers."""
     x, packed, _, native, per_row, per_tensor = probe

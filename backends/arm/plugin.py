@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from opregistry.registry import Availability, BackendInfo, ConfigError, hookimpl
+from opregistry.registry import Availability, BackendInfo, BackendUnavailable, ConfigError, hookimpl
 
 from opregistry.backends.common import LINEAR_OPS
+from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.backends.common.plugin import RuntimePlugin
 
 from .device import detect_device, read_cpuinfo, triton_cpu_status
@@ -35,7 +36,10 @@ class ArmPlugin(RuntimePlugin):
         status = triton_cpu_status()
         if status.active:
             return Availability(True)
-        return Availability(False, f"{status.detail}; execution='interpreter' runs the kernels for validation only")
+        usable, detail = interpreter_status()
+        fallback = ("execution='interpreter' runs the kernels for validation only" if usable
+                    else f"nor can it run interpreted: {detail}")
+        return Availability(False, f"{status.detail}; {fallback}")
 
     @hookimpl
     def opregistry_packaged_config(self, backend, device):
@@ -58,6 +62,24 @@ class ArmPlugin(RuntimePlugin):
                 raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
 
     def make_runtime(self, config):
-        from .runtime import ArmRuntime   # imports triton: only when enabled
+        _check_execution(config.execution)
+        from .runtime import ArmRuntime   # imports triton: only once it is known to be usable
 
         return ArmRuntime(config)
+
+
+def _check_execution(mode: str) -> None:
+    """Raise :class:`BackendUnavailable` saying what was found and what to do,
+    before anything imports triton."""
+    if mode == "interpreter":
+        usable, detail = interpreter_status()
+        if not usable:
+            raise BackendUnavailable(f"arm backend: {detail}")
+        return
+    status = triton_cpu_status()
+    if not status.active:
+        raise BackendUnavailable(
+            f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
+            "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
+            "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
+            "(slow; for validation).")

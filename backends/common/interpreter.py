@@ -24,8 +24,38 @@ from contextlib import contextmanager
 _MISSING = object()
 
 
+# Oldest triton whose interpreter runs these kernels with numpy 2.x (3.6 fails on
+# `range(0, tl.cdiv(K, BK))`; 3.7.1 and 3.9 measured to work, 2026-11-30).
+MIN_TRITON = (3, 7)
+
+
+def interpreter_status() -> tuple[bool, str]:
+    """``(usable, detail)`` of Triton's interpreter here. Cheap; never raises."""
+    import importlib.metadata
+
+    try:
+        found = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return False, ("execution='interpreter' needs triton >= 3.7 and none is installed: "
+                       "pip install 'opregistry[interpreter]' (on a CPU-only torch)")
+    try:
+        numbers = tuple(int(part) for part in found.split("+")[0].split(".")[:2])
+    except ValueError:
+        numbers = (0, 0)
+    if numbers < MIN_TRITON:
+        return False, (f"execution='interpreter' needs triton >= {'.'.join(map(str, MIN_TRITON))}, found triton "
+                       f"{found} (a Triton-CPU build or an older PyPI release); use execution='compiled' with "
+                       "Triton-CPU, or run the interpreter in an environment with PyPI's triton >= 3.7")
+    try:
+        from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return False, f"triton {found} is installed but its interpreter cannot be imported: {type(exc).__name__}: {exc}"
+    return True, f"Triton interpreter (triton {found})"
+
+
 class InterpretedKernel:
-    """``InterpretedKernel(jit_fn)[grid](*args, **kwargs)`` runs ``jit_fn`` interpreted."""
+    """``InterpretedKernel(jit_fn)[grid](*args, **kwargs)`` runs ``jit_fn`` interpreted.
+    Check :func:`interpreter_status` first: this raises ImportError without triton."""
 
     _lock = threading.Lock()
     _device_fns: dict = {}  # id(JITFunction) -> InterpretedFunction; stdlib functions live forever

@@ -38,9 +38,11 @@ def table_for(name: str, capability: tuple[int, int], total_memory: int = 0) -> 
     """
     upper = name.upper()
     if capability[0] == 9 and capability[1] == 0:
-        if "H200" in upper or ("GH200" in upper and total_memory > HBM3E_BYTES):
+        if "GH200" in upper:                          # Grace Hopper: HBM3 (96 GB) or HBM3e (144 GB)
+            return "h200" if total_memory > HBM3E_BYTES else "h100"
+        if "H200" in upper:
             return "h200"
-        if "H100" in upper or "GH200" in upper:
+        if "H100" in upper:
             return "h100"
         return HOPPER_DEFAULT
     return DEFAULT_DEVICE

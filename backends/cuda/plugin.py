@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from opregistry.registry import Availability, BackendInfo, ConfigError, hookimpl
+from opregistry.registry import Availability, BackendInfo, BackendUnavailable, ConfigError, hookimpl
 
 from opregistry.backends.common import LINEAR_OPS
+from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.backends.common.plugin import RuntimePlugin
 
 from .config import read_op_config
@@ -59,6 +60,17 @@ class CudaPlugin(RuntimePlugin):
                 raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
 
     def make_runtime(self, config):
-        from .runtime import CudaRuntime   # imports triton: only when enabled
+        if config.execution == "interpreter":
+            usable, detail = interpreter_status()
+            if not usable:
+                raise BackendUnavailable(f"cuda backend: {detail}")
+        else:
+            ok, detail = cuda_status()
+            if not ok:
+                raise BackendUnavailable(
+                    f"cuda backend: execution={config.execution!r} needs a CUDA device: {detail}. "
+                    "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "
+                    "to run the same kernels through Triton's interpreter on CPU tensors (slow; for validation).")
+        from .runtime import CudaRuntime   # imports triton: only once it is known to be usable
 
         return CudaRuntime(config)
