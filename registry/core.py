@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import warnings
@@ -15,7 +16,7 @@ import torch
 from .config import (DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, OpConfig, build_config, check_layer, load_yaml,
                      merge_layers)
 from .schema import Section
-from .errors import ConfigError, RegistryError, UnknownBackend
+from .errors import BackendUnavailable, ConfigError, RegistryError, UnknownBackend
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
@@ -35,6 +36,10 @@ class _Installed:
     library: torch.library.Library
     config: Config
     calls: CallCounter = field(default_factory=CallCounter)
+    # The kernel on (op, dispatch_key) before the registry's first override
+    # (torch._C._SafeKernelFunction), kept when a backend replaces another;
+    # None where torch.library.get_kernel is missing.
+    original: Any = None
 
 
 class Registry:
@@ -171,13 +176,14 @@ class Registry:
             if self._configs.get(backend) == cfg:
                 return  # idempotent
             kernels: dict[str, OpKernel] = self.plugins.call(backend, "opregistry_op_kernels", config=cfg) or {}
+            kernels = {op: kernel for op, kernel in kernels.items() if cfg.op(op).enabled}
+            # Captured while our earlier registrations are still known; raises before anything changes.
+            originals = {op: self._original(backend, op, kernel) for op, kernel in kernels.items()}
             if backend in self._configs:
                 self._disable_one(backend)
             for op, kernel in kernels.items():
-                if not cfg.op(op).enabled:
-                    continue
                 previous = self._installed.get(op)
-                self._installed[op] = self._register(backend, op, kernel, cfg)
+                self._installed[op] = self._register(backend, op, kernel, cfg, originals[op])
                 # Destroy the replaced registration only after the new one is
                 # active, so concurrent callers never see PyTorch's own kernel.
                 if previous is not None:
@@ -187,20 +193,53 @@ class Registry:
             self._configs[backend] = cfg
             self.plugins.call(backend, "opregistry_on_enable", config=cfg)
 
+    def _original(self, backend: str, op: str, kernel: OpKernel):
+        """The kernel PyTorch runs for ``op`` on ``kernel.dispatch_key`` without us
+        (see :class:`OpKernel` ``receive_original``)."""
+        inst = self._installed.get(op)
+        if inst is not None and inst.dispatch_key == kernel.dispatch_key:
+            original = inst.original          # ours is on top: keep what was under it
+        else:
+            get_kernel = getattr(torch.library, "get_kernel", None)
+            try:
+                original = None if get_kernel is None else get_kernel(op, kernel.dispatch_key)
+            except Exception as exc:  # noqa: BLE001 - only fatal for a kernel that asks for it
+                if kernel.receive_original is not None:
+                    raise BackendUnavailable(f"backend {backend!r} hands some calls of {op} back to the kernel it "
+                                             f"replaces on {kernel.dispatch_key}, which torch.library.get_kernel "
+                                             f"could not capture: {type(exc).__name__}: {exc}") from exc
+                original = None
+        if original is None and kernel.receive_original is not None:
+            raise BackendUnavailable(
+                f"backend {backend!r} hands some calls of {op} back to the kernel it replaces on "
+                f"{kernel.dispatch_key} (PyTorch's own, as its config asks); capturing that kernel needs "
+                f"torch.library.get_kernel (PyTorch 2.9 and later), and this is torch {torch.__version__}. "
+                "Upgrade torch, or remove the config's rules that name PyTorch's kernel.")
+        return original
+
     @staticmethod
-    def _register(backend: str, op: str, kernel: OpKernel, cfg: Config) -> _Installed:
+    def _register(backend: str, op: str, kernel: OpKernel, cfg: Config, original=None) -> _Installed:
         ns, _, name = op.partition("::")
         lib = torch.library.Library(ns, "IMPL")
-        inst = _Installed(backend, op, kernel.dispatch_key, lib, cfg)
-        fn, calls = kernel.fn, inst.calls
+        inst = _Installed(backend, op, kernel.dispatch_key, lib, cfg, original=original)
+        calls = inst.calls
 
-        def counted(*args, **kwargs):
-            calls.increment()
-            return fn(*args, **kwargs)
+        def counted(fn):
+            def call(*args, **kwargs):
+                calls.increment()
+                return fn(*args, **kwargs)
+            return call
 
+        if kernel.receive_original is not None:
+            # The keyset the dispatcher hands a kernel registered on this key for
+            # plain tensors (torch 2.13: DispatchKeySet(CPU) for a CPU kernel).
+            keyset = torch._C.DispatchKeySet(kernel.dispatch_key)
+            kernel.receive_original(functools.partial(original.call_boxed, keyset))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OVERRIDE_WARNING, category=UserWarning)
-            lib.impl(name, counted, kernel.dispatch_key, allow_override=True)
+            lib.impl(name, counted(kernel.fn), kernel.dispatch_key, allow_override=True)
+            for overload, fn in kernel.overloads.items():
+                lib.impl(f"{name}.{overload}", counted(fn), kernel.dispatch_key, allow_override=True)
         return inst
 
     def disable(self, backend: str | None = None) -> None:

@@ -89,7 +89,11 @@ def opregistry_op_kernels(backend, config):
     when the requested execution mode cannot run here.
 
     :return: a dict mapping an op name (``"quantized::linear_dynamic"``) to an
-        :class:`registry.OpKernel`; only enabled ops need to be present.
+        :class:`registry.OpKernel`; only enabled ops need to be present. An
+        ``OpKernel`` may also serve more overloads of its op (``overloads``) and
+        ask for the kernel it replaces (``receive_original``: PyTorch's own,
+        captured by the registry when it first overrides the op, for calls the
+        backend hands back; see :class:`registry.OpKernel`).
     """
 
 

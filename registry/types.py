@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,31 @@ class OpKernel:
 
     ``fn`` has the op's schema (for ``quantized::linear_dynamic``:
     ``fn(X, W_prepack, reduce_range=False)``).
+
+    ``overloads``: other overloads of the same op served by the same
+    registration, by overload name, each with that overload's schema (for
+    ``aten::_int_mm``: ``{"out": fn_out}`` with ``fn_out(self, mat2, *, out)``:
+    what ``torch.compile``'d code calls). Installed on the same dispatch key,
+    removed with ``fn`` and counted with it in :func:`registry.status`.
+
+    ``receive_original``: set it when ``fn`` may hand calls back to the kernel
+    it replaces (e.g. a routing rule that gives some M to PyTorch's own
+    kernel). Before ``fn`` can be called, the registry calls
+    ``receive_original(original)`` once; ``original(*args, **kwargs)`` runs the
+    kernel that served (op's default overload, ``dispatch_key``) before the
+    registry first overrode it (PyTorch's own, captured with
+    ``torch.library.get_kernel`` at that moment and kept when a backend
+    replaces another), called directly, never through the dispatcher, so it
+    cannot re-enter ``fn``. It needs ``torch.library.get_kernel`` (PyTorch 2.9
+    and later): on an older torch, ``enable()`` raises
+    :class:`registry.BackendUnavailable` naming the torch version, before
+    changing anything.
     """
 
     fn: Callable
     dispatch_key: str = "CPU"
+    overloads: Mapping[str, Callable] = field(default_factory=dict, hash=False)
+    receive_original: Callable[[Callable], None] | None = None
 
 
 class CallCounter:

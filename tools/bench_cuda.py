@@ -406,9 +406,10 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
         # the same through the dispatcher (torch.ops.quantized.linear_dynamic)
         measure("op_dispatch", lambda: torch.ops.quantized.linear_dynamic(*sets.next()[:2], True), gpu=False)
         # the previous host path: Triton's own launch for every kernel, no PDL (same kernels, same routing)
+        fast_pdl = rt.fast_launch, rt.pdl
         rt.fast_launch, rt.pdl = False, False
         measure("op_triton_launch", module_call)
-        rt.fast_launch, rt.pdl = True, True
+        rt.fast_launch, rt.pdl = fast_pdl
         xb = [x.to(torch.bfloat16) for x in xs]
         bsets = Rotating([(xb[i % x_rot], w_bf16[i % n_rot], bias_bf16[i % n_rot]) for i in range(count)])
         measure("bf16", lambda: F.linear(*bsets.next()))
@@ -440,7 +441,7 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
                     except Exception as exc:  # noqa: BLE001
                         entry["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                     row["variants"][rule.name + suffix] = entry
-                    rt.pdl, rt.streamk_per_sm = True, 0
+                    rt.pdl, rt.streamk_per_sm = fast_pdl[1], 0
             key = "wall_us" if decode and weight_class == "small" else "gpu_us"
             good = {v: e[key] for v, e in row["variants"].items() if e.get(key)}
             if good:

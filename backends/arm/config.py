@@ -8,9 +8,14 @@ from opregistry.registry import OpConfig, Section, parse_routing
 from opregistry.registry.routing import RULE_KEYS
 
 from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activation_scale, read_tiles
+from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL
 
-KERNELS = ("dot", "gemv")
+# `pytorch`: PyTorch's own kernel, captured when the op is enabled (no tiles; see
+# backends/common/pytorch_kernel.py).
+KERNELS = ("dot", "gemv", PYTORCH_KERNEL)
 OP_KEYS = ("padding", "activation_scale", "fast_path", "weight_layout", "routing")
+INT_MM = "aten::_int_mm"
+INT_MM_KEYS = ("padding", "weight_layout", "routing")   # int8 operands: no activation scheme, no module fast path
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,20 @@ class ArmOpConfig(OpConfig):
     routing: tuple[ArmRule, ...] = ()
 
 
-def read_op_config(settings: Section) -> ArmOpConfig:
-    settings.check_keys(OP_KEYS, owner="the arm backend")
+@dataclass(frozen=True)
+class ArmIntMmConfig(OpConfig):
+    """``aten::_int_mm``: the same tiles, layout and routing as the linear ops."""
+
+    padding: bool = True
+    weight_layout: WeightLayout = WeightLayout()
+    routing: tuple[ArmRule, ...] = ()
+
+
+def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmConfig:
+    if op == INT_MM:
+        settings.check_keys(INT_MM_KEYS, owner=f"the arm backend's {INT_MM}")
+    else:
+        settings.check_keys(OP_KEYS, owner="the arm backend")
     layout = WeightLayout()
     if "weight_layout" in settings:
         s = settings.sub("weight_layout")
@@ -44,6 +61,9 @@ def read_op_config(settings: Section) -> ArmOpConfig:
         layout = WeightLayout(s.get_tile("block_k", layout.block_k), s.get_tile("block_n", layout.block_n))
 
     def read_rule(rule: Section, common: dict) -> ArmRule:
+        if common["kernel"] == PYTORCH_KERNEL:
+            rule.check_keys(RULE_KEYS, owner="a rule with kernel: pytorch (PyTorch's own kernel takes no tiles)")
+            return ArmRule(**common)
         rule.check_keys(RULE_KEYS + TILE_KEYS + ("pad_m",), owner="an arm routing rule")
         if common["kernel"] not in KERNELS:
             raise rule.error("kernel", f"expected one of {', '.join(KERNELS)}, got {common['kernel']!r}")
@@ -57,6 +77,9 @@ def read_op_config(settings: Section) -> ArmOpConfig:
                                        "weight tile)")
         return ArmRule(**common, **tiles, pad_m=rule.get_bool("pad_m", False))
 
+    if op == INT_MM:
+        return ArmIntMmConfig(padding=settings.get_bool("padding", True), weight_layout=layout,
+                              routing=parse_routing(settings, read_rule))
     return ArmOpConfig(
         padding=settings.get_bool("padding", True),
         activation_scale=read_activation_scale(settings),

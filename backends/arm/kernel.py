@@ -133,31 +133,63 @@ def qlinear_kernel(
         tl.store(out, y, mask=m_ok[:, None] & (rn < N)[None, :])
 
 
+class LaunchPlan:
+    """Everything of a ``qlinear_kernel`` launch fixed by (prepared weight, tiles,
+    kernel variant, activation scheme, ReLU), worked out once: the weight's
+    pointers and sizes, the grid over N, the scan block and the constexprs. A
+    call adds only what depends on the activation: M (its grid rows and
+    ``EVEN_M``), X, its strides, the output and, for ``per_tensor`` /
+    ``pytorch``, the activation qparams.
+
+    ``weight`` is a :class:`~opregistry.backends.arm.layout.PreparedWeight`
+    (with ``colsum`` when ``act`` is ``ACT_PYTORCH``).
+    """
+
+    __slots__ = ("block_m", "n", "k", "grid_n", "w_args", "sizes", "consts")
+
+    def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu):
+        n, k = weight.n, weight.k
+        self.block_m = block_m
+        self.n, self.k = n, k
+        # Plain integer arithmetic: triton.cdiv & co. cost ~5 us each from Python.
+        self.grid_n = -(-n // block_n)
+        self.w_args = (weight.w_tiled, weight.scale, weight.zero_point, weight.colsum, weight.bias)
+        self.sizes = (n, k, weight.layout_blocks_n)
+        consts = dict(
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            LAYOUT_K=weight.layout_k, LAYOUT_N=weight.layout_n,
+            SCAN_BLOCK_K=min(SCAN_BLOCK_K_MAX, 1 << (k - 1).bit_length()),
+            EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0,
+            ACT=act, HAS_BIAS=weight.bias is not None, HAS_WZP=weight.zero_point is not None,
+            RELU=relu, USE_DOT=use_dot,
+        )
+        # Indexed by ``m % block_m == 0``.
+        self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})
+
+    def __call__(self, kernel, x2d, m, stride_xm, stride_xk, out, x_scale=1.0, x_inv_scale=1.0, x_zp=0):
+        """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) for ``x2d``
+        (``[m, K]`` fp32, any strides) into ``out`` (``[m, N]`` fp32, row stride N)."""
+        bm = self.block_m
+        n, k, blocks_n = self.sizes
+        kernel[(-(-m // bm), self.grid_n)](
+            x2d, *self.w_args, out, m, n, k, blocks_n, stride_xm, stride_xk, n,
+            x_scale, x_inv_scale, x_zp, **self.consts[m % bm == 0])
+        return out
+
+
 def launch(kernel, x2d, weight, out, *, block_m, block_n, block_k, use_dot, act, relu,
            x_scale=1.0, x_inv_scale=1.0, x_zp=0):
-    """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) over ``out``.
+    """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) over ``out``,
+    planning the launch for this call only (the runtime keeps its plans: :class:`LaunchPlan`).
 
-    ``x2d`` is ``[M, K]`` fp32 (any strides); ``out`` is ``[M, N]`` fp32 with unit
-    column stride; ``weight`` is a :class:`~opregistry.backends.arm.layout.PreparedWeight`
+    ``x2d`` is ``[M, K]`` fp32 (any strides); ``out`` is ``[M, N]`` fp32, contiguous;
+    ``weight`` is a :class:`~opregistry.backends.arm.layout.PreparedWeight`
     (with ``colsum`` when ``act`` is ``ACT_PYTORCH``). ``x_scale`` (and for
     ``pytorch`` ``x_inv_scale``, ``x_zp``) are the caller's activation qparams when
     ``act`` is not ``ACT_PER_ROW``.
     """
-    m, k = x2d.shape
-    n = weight.n
-    # Plain integer arithmetic: triton.cdiv & co. cost ~5 us each when called
-    # from Python, and this runs on every call.
-    grid = (-(-m // block_m), -(-n // block_n))
-    scan = min(SCAN_BLOCK_K_MAX, 1 << (k - 1).bit_length())
-    kernel[grid](
-        x2d, weight.w_tiled, weight.scale, weight.zero_point, weight.colsum, weight.bias, out,
-        m, n, k, weight.layout_blocks_n,
-        x2d.stride(0), x2d.stride(1), out.stride(0),
-        x_scale, x_inv_scale, x_zp,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        LAYOUT_K=weight.layout_k, LAYOUT_N=weight.layout_n, SCAN_BLOCK_K=scan,
-        EVEN_M=m % block_m == 0, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0,
-        ACT=act, HAS_BIAS=weight.bias is not None, HAS_WZP=weight.zero_point is not None,
-        RELU=relu, USE_DOT=use_dot,
-    )
-    return out
+    if out.stride(0) != weight.n and out.shape[0] > 1:
+        raise ValueError(f"launch: out must have row stride N={weight.n}, got {out.stride(0)}")
+    plan = LaunchPlan(weight, block_m=block_m, block_n=block_n, block_k=block_k, use_dot=use_dot, act=act,
+                      relu=relu)
+    return plan(kernel, x2d, x2d.shape[0], x2d.stride(0), x2d.stride(1), out, x_scale, x_inv_scale, x_zp)

@@ -56,11 +56,8 @@ def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
     """
     n, k = w.w_int8.shape
     centered = check_accumulator_bound(w, PYTORCH_ACT_MAX if pytorch_scheme else SYMMETRIC_ACT_MAX, op)
-    kp, np_ = round_up(max(k, 1), layout_k), round_up(max(n, 1), layout_n)
-    w_kn = torch.zeros(kp, np_, dtype=torch.int8)
-    w_kn[:k, :n] = w.w_int8.T
-    tiled = (w_kn.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)
-             .permute(0, 2, 1, 3).contiguous().reshape(-1))
+    np_ = round_up(max(n, 1), layout_n)
+    tiled = tile_kn(w.w_int8.T, layout_k, layout_n)
 
     has_zp = bool((w.zero_point != 0).any())
     return PreparedWeight(tiled, pad_vector(w.scale, np_, torch.float32),
@@ -68,3 +65,14 @@ def prepare_weight(w: UnpackedWeight, layout_k: int, layout_n: int, op: str,
                           pad_vector(w.bias, np_, torch.float32),
                           pad_vector(centered.sum(dim=1), np_, torch.int32) if pytorch_scheme else None,
                           n, k, layout_k, layout_n)
+
+
+def tile_kn(w_kn: torch.Tensor, layout_k: int, layout_n: int) -> torch.Tensor:
+    """``w_kn`` (int8 ``[K, N]``, any strides) zero-padded to whole tiles and laid
+    out as ``[Kp/LK, Np/LN, LK, LN]``, flattened."""
+    k, n = w_kn.shape
+    kp, np_ = round_up(max(k, 1), layout_k), round_up(max(n, 1), layout_n)
+    padded = torch.zeros(kp, np_, dtype=torch.int8)
+    padded[:k, :n] = w_kn
+    return (padded.reshape(kp // layout_k, layout_k, np_ // layout_n, layout_n)
+            .permute(0, 2, 1, 3).contiguous().reshape(-1))

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-
-from opregistry.registry import Availability, BackendInfo, BackendUnavailable, ConfigError, hookimpl
+from opregistry.registry import Availability, BackendInfo, BackendUnavailable, hookimpl
 
 from opregistry.backends.common import LINEAR_OPS
 from opregistry.backends.common.interpreter import interpreter_status
+from opregistry.backends.common.packaged import packaged_config, require_routing
+from opregistry.backends.common.packaged import packaged_devices as common_packaged_devices
 from opregistry.backends.common.plugin import RuntimePlugin
 
 from .device import detect_device, read_cpuinfo, triton_cpu_status
-from .config import read_op_config
+from .config import INT_MM, read_op_config
 
 NAME = "arm"
-_CONFIG_DIR = files("opregistry.configs") / NAME
 
 
 def packaged_devices() -> list[str]:
-    return sorted(p.name[:-5] for p in _CONFIG_DIR.iterdir() if p.name.endswith(".yaml"))
+    return common_packaged_devices(NAME)
 
 
 class ArmPlugin(RuntimePlugin):
@@ -27,8 +26,8 @@ class ArmPlugin(RuntimePlugin):
 
     @hookimpl
     def opregistry_backend_info(self):
-        return BackendInfo(NAME, LINEAR_OPS,
-                           "Triton-CPU int8 (i8mm) dynamic-quantized linear for ARM64; "
+        return BackendInfo(NAME, LINEAR_OPS + (INT_MM,),
+                           "Triton-CPU int8 (i8mm) dynamic-quantized linear and aten::_int_mm for ARM64; "
                            "runs anywhere through Triton's interpreter for validation")
 
     @hookimpl
@@ -43,23 +42,15 @@ class ArmPlugin(RuntimePlugin):
 
     @hookimpl
     def opregistry_packaged_config(self, backend, device):
-        name = device or detect_device(read_cpuinfo())
-        path = _CONFIG_DIR / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError("<arm configs>", "device",
-                              f"no packaged config for device {name!r}; available: {', '.join(packaged_devices())}")
-        return path
+        return packaged_config(NAME, device or detect_device(read_cpuinfo()))
 
     @hookimpl
     def opregistry_op_config(self, backend, op, settings):
-        return read_op_config(settings)
+        return read_op_config(settings, op)
 
     @hookimpl
     def opregistry_validate_config(self, backend, config):
-        for op_name, op in config.ops.items():
-            if op.enabled and not op.routing:
-                key = f"ops.{op_name}.routing"
-                raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
+        require_routing(config)
 
     def make_runtime(self, config):
         _check_execution(config.execution)

@@ -7,7 +7,8 @@ the kernels and calls ``opregistry_on_enable``, from which the new runtime
 serves. A subclass says how to build its runtime; the runtime offers
 ``config``, ``runners`` (op name -> runner with ``run``), ``dispatch_key``,
 ``device_type``, ``close()`` and ``status()``. The module fast path (when the
-config allows it) is registered here for the serving runtime and removed with it.
+config allows it) is registered here for the serving runtime and removed with it;
+``status`` reports how many calls it served (``fast_path_calls``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class RuntimePlugin(ABC):
         runtime = self.make_runtime(config)   # raises before anything is installed
         with self._lock:
             self._pending = runtime
-        return {op: OpKernel(runner, runtime.dispatch_key) for op, runner in runtime.runners.items()}
+        # A runner may offer more overloads and ask for the kernel it replaces (OpKernel fields).
+        return {op: OpKernel(runner, runtime.dispatch_key, overloads=getattr(runner, "overloads", {}),
+                             receive_original=getattr(runner, "receive_original", None))
+                for op, runner in runtime.runners.items()}
 
     @hookimpl
     def opregistry_on_enable(self, backend, config):
@@ -45,7 +49,11 @@ class RuntimePlugin(ABC):
             self.runtime, self._pending = self._pending, None
             runner = self.runtime.runners.get(LINEAR_DYNAMIC) if self.runtime is not None else None
             if runner is not None and self.runtime.config.op(LINEAR_DYNAMIC).fast_path:
-                self._fast_path = dynamic_linear_handler(runner.run, self.runtime.device_type)
+                # A runner may offer its own handler (module_handler()); otherwise the generic
+                # one calls runner.run(x, packed, owner, reduce_range).
+                make = getattr(runner, "module_handler", None)
+                self._fast_path = (make() if make is not None
+                                   else dynamic_linear_handler(runner.run, self.runtime.device_type))
                 DYNAMIC_LINEAR.add(self._fast_path)
 
     @hookimpl
@@ -63,7 +71,11 @@ class RuntimePlugin(ABC):
         with self._lock:
             if self.runtime is None:
                 return {}
-            return {**self.runtime.status(), "fast_path": self._fast_path is not None}
+            fast = self._fast_path
+            # Calls the module fast path served (they bypass the dispatcher, so the
+            # registry's per-op ``calls`` does not see them; ``routing`` does).
+            return {**self.runtime.status(), "fast_path": fast is not None,
+                    "fast_path_calls": {LINEAR_DYNAMIC: fast.calls.value if fast is not None else 0}}
 
     @hookimpl
     def opregistry_stub_kernels(self, backend):

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-
-from opregistry.registry import Availability, BackendInfo, BackendUnavailable, ConfigError, hookimpl
+from opregistry.registry import Availability, BackendInfo, BackendUnavailable, hookimpl
 
 from opregistry.backends.common import LINEAR_OPS
 from opregistry.backends.common.interpreter import interpreter_status
+from opregistry.backends.common.packaged import packaged_config, require_routing
+from opregistry.backends.common.packaged import packaged_devices as common_packaged_devices
 from opregistry.backends.common.plugin import RuntimePlugin
 
 from .config import read_op_config
 from .device import DEFAULT_DEVICE, cuda_status, detect_device  # noqa: F401 - DEFAULT_DEVICE re-exported
 
 NAME = "cuda"
-_CONFIG_DIR = files("opregistry.configs") / NAME
 
 
 def packaged_devices() -> list[str]:
-    return sorted(p.name[:-5] for p in _CONFIG_DIR.iterdir() if p.name.endswith(".yaml"))
+    return common_packaged_devices(NAME)
 
 
 class CudaPlugin(RuntimePlugin):
@@ -41,12 +40,7 @@ class CudaPlugin(RuntimePlugin):
 
     @hookimpl
     def opregistry_packaged_config(self, backend, device):
-        name = device or detect_device()
-        path = _CONFIG_DIR / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError("<cuda configs>", "device",
-                              f"no packaged config for device {name!r}; available: {', '.join(packaged_devices())}")
-        return path
+        return packaged_config(NAME, device or detect_device())
 
     @hookimpl
     def opregistry_op_config(self, backend, op, settings):
@@ -54,10 +48,7 @@ class CudaPlugin(RuntimePlugin):
 
     @hookimpl
     def opregistry_validate_config(self, backend, config):
-        for op_name, op in config.ops.items():
-            if op.enabled and not op.routing:
-                key = f"ops.{op_name}.routing"
-                raise ConfigError(config.source_of(key), key, "missing: an enabled op needs a routing table")
+        require_routing(config)
 
     def make_runtime(self, config):
         if config.execution == "interpreter":

@@ -323,7 +323,7 @@ class CudaRuntime:
     def _linear(self, x2d, w: CudaWeight, rule, per_row: bool, relu: bool) -> torch.Tensor:
         m = x2d.shape[0]
         sxm, sxk = x2d.stride()
-        fast = self.fast_launch
+        fast = self.fast_launch and self.execution == "compiled"
         key = (rule, m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
                self._stubbed)
         plans = w.plans

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from importlib.resources import files
 
 from opregistry.registry import Availability, BackendInfo, OpConfig, OpKernel, hookimpl
 
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_OPS, LINEAR_RELU_DYNAMIC
 from opregistry.backends.common.opconfig import read_activation_scale
+from opregistry.backends.common.packaged import packaged_config
 
 from .ops import linear_dynamic
 
@@ -29,7 +29,7 @@ def opregistry_backend_availability(backend):
 
 @hookimpl
 def opregistry_packaged_config(backend, device):
-    return files("opregistry.configs") / NAME / "default.yaml"
+    return packaged_config(NAME, "default")
 
 
 @dataclass(frozen=True)

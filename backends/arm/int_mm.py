@@ -1,0 +1,266 @@
+"""``aten::_int_mm`` on CPU tensors through the ARM kernels (the torchao path).
+
+torchao's int8 dynamic recipe (``Int8DynamicActivationInt8WeightConfig``)
+quantizes activations with eager ops and multiplies with
+``torch._int_mm(int8 [M, K], int8 [K, N]) -> int32 [M, N]``, the second operand
+being a transposed view of the stored int8 weight. :class:`IntMmRunner` serves
+that op (and its ``out=`` overload, which ``torch.compile``'d code calls) with
+:func:`.int_mm_kernel.int_mm_kernel`, routed by M like the linear ops, and
+caches the second operand in the kernel's tiled layout.
+
+When the second operand is cached
+---------------------------------
+A cache entry is keyed on a token that names one state of the operand: the
+tensor it views (its ``_base``, or itself), the view (storage offset, shape,
+strides, data pointer) and that tensor's version counter (shared by all its
+views; every in-place write bumps it). The token's hash is a serial number
+never reused in the process, so a tensor freed and another made at the same
+address can never hit the old entry; and the token is held only by a table
+entry that dies with the tensor, and is replaced when the version changes, so
+the entry (owned by the token) is dropped at once when the tensor is freed or
+written. A hit is therefore never stale.
+
+An operand is cached from its second use in the same state: one used once (a
+fresh tensor every call, or a weight just written) is tiled for the call and
+not kept, so it never evicts a weight (counted as ``uncached_operands`` in
+``registry.status()``). Entries live in the runtime's weight cache, under the
+same ``weight_cache.max_bytes`` budget as the linear ops' weights, and are
+dropped on ``disable()``. Never cached: inference tensors
+(``torch.inference_mode``), which have no version counter. Writes that bypass
+the version counter (``tensor.data`` mutated in place, a C++ extension writing
+the storage) are not seen, as autograd does not see them either.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from opregistry.registry import CallCounter
+from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL, PytorchKernel
+from opregistry.backends.common.routing import Router
+from opregistry.backends.common.stub import StubKernel
+from opregistry.backends.common.weights import pad_vector, round_up
+
+from .config import INT_MM
+from .int_mm_kernel import int_mm_kernel, launch_int_mm
+from .layout import tile_kn
+
+_SEEN_MAX = 16   # distinct views remembered per tensor before the first-use set is reset
+
+
+@dataclass(frozen=True)
+class PreparedOperand:
+    """The second operand in the kernel's layout: int8 tiles ``[Kp/LK, Np/LN, LK, LN]``
+    and, for a uint8 A, its column sums padded to ``Np`` (int32)."""
+
+    w_tiled: torch.Tensor
+    colsum: torch.Tensor | None
+    n: int
+    k: int
+    layout_k: int
+    layout_n: int
+
+    @property
+    def layout_blocks_n(self) -> int:
+        return round_up(max(self.n, 1), self.layout_n) // self.layout_n
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.w_tiled, self.colsum) if t is not None)
+
+
+def tile_operand(b: torch.Tensor, layout_k: int, layout_n: int, unsigned_a: bool) -> PreparedOperand:
+    k, n = b.shape
+    colsum = None
+    if unsigned_a:
+        np_ = round_up(max(n, 1), layout_n)
+        colsum = pad_vector(b.sum(dim=0, dtype=torch.int64).to(torch.int32), np_, torch.int32)  # wraps as the kernel's sum
+    return PreparedOperand(tile_kn(b, layout_k, layout_n), colsum, n, k, layout_k, layout_n)
+
+
+class _Token:
+    """Names one view of one tensor at one version for the weight cache: its hash
+    is a serial number never reused in the process, and it lives exactly as long
+    as that state may be hit (held only by its tensor's :class:`_Views`)."""
+
+    __slots__ = ("serial", "base", "view", "__weakref__")
+    _serials = itertools.count(1)
+
+    def __init__(self, base: torch.Tensor, view: tuple):
+        self.serial = next(self._serials)
+        self.base = weakref.ref(base)
+        self.view = view                  # (storage offset, shape, strides, data pointer)
+
+    def __hash__(self) -> int:
+        return self.serial
+
+
+class _Views:
+    """The tokens of one tensor at its current version; held only by the
+    runner's table entry for that tensor, so they die with it."""
+
+    __slots__ = ("version", "tokens", "__weakref__")
+
+    def __init__(self, version: int):
+        self.version = version
+        self.tokens: dict[tuple, _Token] = {}
+
+
+def prepare_operand(token: _Token, spec: tuple) -> PreparedOperand:
+    """Rebuild the token's view from its tensor and tile it (the runtime weight
+    cache's ``prepare`` for ``aten::_int_mm``)."""
+    _, layout_k, layout_n, unsigned_a = spec
+    base = token.base()
+    if base is None:    # cannot happen while the call that asked holds the view
+        raise RuntimeError(f"{INT_MM}: the operand's tensor was freed during the call")
+    offset, shape, stride, _ = token.view
+    return tile_operand(torch.as_strided(base, shape, stride, offset), layout_k, layout_n, unsigned_a)
+
+
+class IntMmRunner:
+    """``aten::_int_mm`` (and ``aten::_int_mm.out``) under one config."""
+
+    def __init__(self, runtime):
+        cfg = runtime.config.op(INT_MM)
+        self.runtime = runtime
+        self.op = INT_MM
+        self.layout = (cfg.weight_layout.block_k, cfg.weight_layout.block_n)
+        self.router = Router(cfg.routing, cfg.padding)
+        self.counts = {rule.name: CallCounter() for rule in cfg.routing}
+        self.pytorch = PytorchKernel(INT_MM, cfg.routing)
+        self.receive_original = self.pytorch.receive_original      # OpKernel fields
+        self.overloads = {"out": self.out}
+        self.kernel = InterpretedKernel(int_mm_kernel) if runtime.execution == "interpreter" else int_mm_kernel
+        self._tokens = WeakIdKeyDictionary()     # tensor -> _Views
+        self._lock = threading.Lock()
+        self.uncached = CallCounter()            # calls whose operand was tiled for the call only
+        self.dot_fallbacks: dict[str, str] = {}
+
+    # -- dispatcher entry points ----------------------------------------
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.run(a, b)
+
+    def out(self, a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+        return self.run(a, b, out)
+
+    def run(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            a.size(0), b.size(1)         # PyTorch sizes its result first: the same IndexError for a 0-d/1-d operand
+        _check(a, b, out)
+        m, k = a.shape
+        n = b.shape[1]
+        if m == 0:
+            return out if out is not None else torch.empty(0, n, dtype=torch.int32)
+        route = self.router.route(m)
+        rule = route.rule
+        self.counts[rule.name].increment()
+        if rule.kernel == PYTORCH_KERNEL:
+            result = self.pytorch(a, b)
+            return result if out is None else out.copy_(result)
+        if n == 0 or k == 0:
+            return torch.zeros(m, n, dtype=torch.int32) if out is None else out.zero_()
+        operand = self._operand(b, a.dtype == torch.uint8)
+        if route.m_run != m:
+            padded = a.new_zeros(route.m_run, k)
+            padded[:m] = a
+            a = padded
+        dst = out if out is not None and route.m_run == m else torch.empty(route.m_run, n, dtype=torch.int32)
+        self._launch(a, operand, dst, rule, route.use_dot)
+        if route.m_run != m:
+            dst = dst[:m]
+        if out is not None and dst is not out:
+            return out.copy_(dst)
+        return dst
+
+    # -- the second operand -----------------------------------------------
+    def _operand(self, b: torch.Tensor, unsigned_a: bool) -> PreparedOperand:
+        layout_k, layout_n = self.layout
+        if b.is_inference():                     # no version counter: never cached
+            self.uncached.increment()
+            return tile_operand(b, layout_k, layout_n, unsigned_a)
+        base = b._base
+        if (base is None or base.dtype != b.dtype
+                or base.data_ptr() - base.storage_offset() * base.element_size()
+                != b.data_ptr() - b.storage_offset() * b.element_size()):
+            base = b                             # not a plain view of its base's storage: key the view itself
+        version = b._version                     # shared by every view of the tensor
+        view = (b.storage_offset(), tuple(b.shape), tuple(b.stride()), b.data_ptr())
+        views = self._views_of(base, version)
+        token = views.tokens.get(view)
+        if token is None:                        # first use of this state: tile for the call only
+            if len(views.tokens) >= _SEEN_MAX:
+                views.tokens.clear()
+            views.tokens[view] = _Token(base, view)
+            self.uncached.increment()
+            return tile_operand(b, layout_k, layout_n, unsigned_a)
+        # The token owns the entry: it dies (and the entry with it) when the tensor dies or is written.
+        return self.runtime.weight(token, ("int_mm", layout_k, layout_n, unsigned_a), INT_MM, token)
+
+    def _views_of(self, base: torch.Tensor, version: int) -> _Views:
+        with self._lock:
+            views = self._tokens.get(base)
+            if views is None or views.version != version:
+                # Written in place since: drop the old tokens, and their cache entries with them.
+                views = self._tokens[base] = _Views(version)
+            return views
+
+    # -- launching ------------------------------------------------------------
+    def _launch(self, a, operand, out, rule, use_dot) -> None:
+        kernel = StubKernel() if isinstance(self.runtime.kernel, StubKernel) else self.kernel
+        use_dot = use_dot and rule.name not in self.dot_fallbacks
+
+        def run(use_dot):
+            launch_int_mm(kernel, a, operand, out, block_m=rule.block_m, block_n=rule.block_n,
+                          block_k=rule.block_k, use_dot=use_dot)
+
+        try:
+            run(use_dot)
+        except Exception as exc:
+            # As the linear ops: a compiler that rejects tl.dot at these tiles re-routes
+            # the rule to the dot-free variant once, loudly.
+            if not use_dot or self.runtime.execution != "compiled":
+                raise
+            try:
+                run(False)
+            except Exception:
+                raise exc from None
+            reason = (f"the compiler rejected tl.dot with tiles {rule.tiles}: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            self.dot_fallbacks[rule.name] = reason
+            warnings.warn(f"arm backend: {INT_MM} routing rule {rule.name!r} now uses the gemv kernel; {reason}",
+                          RuntimeWarning, stacklevel=2)
+
+    def status(self) -> dict:
+        return {"uncached_operands": self.uncached.value, "dot_fallbacks": dict(self.dot_fallbacks)}
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> None:
+    """PyTorch's CPU checks, with its messages (torch 2.13 ``int_mm_out_cpu``)."""
+    name = "int_mm_out_cpu"
+    if a.dim() != 2:
+        raise RuntimeError(f"{name}: Expected self to be of dimension 2 but got {a.dim()}")
+    if b.dim() != 2:
+        raise RuntimeError(f"{name}: Expected mat2 to be of dimension 2 but got {b.dim()}")
+    if a.shape[1] != b.shape[0]:
+        raise RuntimeError(f"{name}: self.size(1) needs to match mat2.size(0) but got {a.shape[1]} and {b.shape[0]}")
+    if a.dtype not in (torch.int8, torch.uint8):
+        raise RuntimeError(f"{name}: Expected self dtype to be int8 or uint8 but got {a.dtype}")
+    if b.dtype != torch.int8:
+        raise RuntimeError(f"{name}: Expected mat2 dtype to be of type int8 but got {b.dtype}")
+    if out is not None:
+        if out.dtype != torch.int32:
+            raise RuntimeError(f"{name}: Expected result dtype to be of type kInt but got {out.dtype}")
+        for dim, size in enumerate((a.shape[0], b.shape[1])):
+            if out.dim() <= dim or out.shape[dim] != size:
+                got = out.shape[dim] if out.dim() > dim else "none"
+                raise RuntimeError(f"{name}: Expected result.size({dim}) to be {size} but got {got}")
+        if not out.is_contiguous():
+            raise RuntimeError(f"{name}: Expected result to be contiguous.")

@@ -1,0 +1,228 @@
+"""``aten::_int_mm`` on CPU through the ARM kernels (Triton's interpreter):
+exact against PyTorch's own kernel, and a second-operand cache that is never stale."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from opregistry import registry
+
+INT_MM = "aten::_int_mm"
+ARM = {"backend": "arm", "execution": "interpreter"}
+
+
+def rand_i8(*shape, seed=0, dtype=torch.int8):
+    gen = torch.Generator().manual_seed(seed)
+    low, high = (0, 256) if dtype == torch.uint8 else (-128, 128)
+    return torch.randint(low, high, shape, dtype=dtype, generator=gen)
+
+
+@pytest.fixture
+def reg(fresh_registry):
+    """A private registry; tests compute PyTorch's result first, then enable arm."""
+    return fresh_registry
+
+
+def served(reg) -> int:
+    return reg.status()["ops"][INT_MM]["calls"]
+
+
+def arm_status(reg) -> dict:
+    return reg.status()["backends"]["arm"]
+
+
+@pytest.mark.parametrize("device", ["generic", "cix-p1"])
+@pytest.mark.parametrize("m", [0, 1, 2, 3, 8, 17, 64, 65])
+def test_every_m_exact(reg, device, m):
+    """N=70, K=45 (neither a multiple of the 64 x 32 tiles); B transposed (torchao's
+    view of its stored [N, K] weight) and contiguous."""
+    a = rand_i8(m, 45, seed=m)
+    w = rand_i8(70, 45, seed=100 + m)
+    operands = (w.t(), w.t().contiguous())
+    expected = [torch._int_mm(a, b) for b in operands]
+    reg.enable(device=device, **ARM)
+    for b, ref in zip(operands, expected):
+        y = torch._int_mm(a, b)
+        assert y.dtype == torch.int32 and y.shape == ref.shape
+        assert torch.equal(y, ref)
+    assert served(reg) == 2
+    routed = sum(arm_status(reg)["routing"][INT_MM].values())
+    assert routed == (2 if m else 0)                  # M=0 returns before routing
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (7, 129), (64, 64), (100, 3), (0, 5), (5, 0)])
+def test_edge_shapes_exact(reg, k, n):
+    a = rand_i8(9, k, seed=k)
+    b = rand_i8(n, k, seed=n).t()
+    expected = torch._int_mm(a, b)
+    reg.enable(device="generic", **ARM)
+    assert torch.equal(torch._int_mm(a, b), expected)
+
+
+def test_strided_and_unsigned_first_operand(reg):
+    """A transposed (non-unit K stride) or uint8 (which PyTorch's CPU kernel accepts)."""
+    a_t = rand_i8(40, 6, seed=1).t()                  # [6, 40], strides (1, 6)
+    a_u8 = rand_i8(6, 40, seed=2, dtype=torch.uint8)
+    b = rand_i8(33, 40, seed=3).t()
+    expected = [torch._int_mm(a_t, b), torch._int_mm(a_u8, b), torch._int_mm(a_u8, b[:, 5:])]
+    reg.enable(device="generic", **ARM)
+    got = [torch._int_mm(a_t, b), torch._int_mm(a_u8, b), torch._int_mm(a_u8, b[:, 5:])]
+    for y, ref in zip(got, expected):
+        assert torch.equal(y, ref)
+
+
+def test_int32_wraps_like_pytorch(reg):
+    """K x 128 x 128 past 2**31: PyTorch's CPU sum wraps modulo 2**32, and so does ours."""
+    k = 131_200
+    a = torch.full((1, k), -128, dtype=torch.int8)
+    b = torch.full((k, 1), -128, dtype=torch.int8)
+    expected = torch._int_mm(a, b)
+    assert int(expected) != k * 128 * 128              # it did wrap
+    reg.enable(device="generic", **ARM)
+    assert torch.equal(torch._int_mm(a, b), expected)
+
+
+def test_out_overload(reg):
+    """``torch._int_mm(a, b, out=c)`` (what torch.compile'd code calls) is served too."""
+    a = rand_i8(5, 20, seed=4)
+    b = rand_i8(9, 20, seed=5).t()
+    expected = torch._int_mm(a, b)
+    reg.enable(device="generic", **ARM)
+    out = torch.full((5, 9), 7, dtype=torch.int32)
+    assert torch._int_mm(a, b, out=out) is out
+    assert torch.equal(out, expected)
+    padded = torch.empty(3, 9, dtype=torch.int32)       # M=3 runs padded to 4 rows: copied back into out
+    assert torch.equal(torch._int_mm(a[:3], b, out=padded), expected[:3])
+    assert served(reg) == 2
+
+
+BAD = {
+    "3-d self": (lambda: (torch.zeros(2, 4, 8, dtype=torch.int8), torch.zeros(8, 4, dtype=torch.int8)), {}),
+    "1-d mat2": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(8, dtype=torch.int8)), {}),
+    "K mismatch": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(7, 4, dtype=torch.int8)), {}),
+    "int16 self": (lambda: (torch.zeros(4, 8, dtype=torch.int16), torch.zeros(8, 4, dtype=torch.int8)), {}),
+    "uint8 mat2": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(8, 4, dtype=torch.uint8)), {}),
+    "int64 out": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(8, 4, dtype=torch.int8)),
+                  {"out": lambda: torch.empty(4, 4, dtype=torch.int64)}),
+    "wrong out size": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(8, 4, dtype=torch.int8)),
+                       {"out": lambda: torch.empty(5, 4, dtype=torch.int32)}),
+    "strided out": (lambda: (torch.zeros(4, 8, dtype=torch.int8), torch.zeros(8, 4, dtype=torch.int8)),
+                    {"out": lambda: torch.empty(4, 8, dtype=torch.int32)[:, :4]}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_rejects_what_pytorch_rejects(reg, case):
+    make, kwargs = BAD[case]
+
+    def call():
+        return torch._int_mm(*make(), **{k: v() for k, v in kwargs.items()})
+
+    with pytest.raises(RuntimeError) as pytorch_error:
+        call()
+    reg.enable(device="generic", **ARM)
+    with pytest.raises(RuntimeError) as ours:
+        call()
+    assert str(ours.value) == str(pytorch_error.value)
+
+
+# -- the second-operand cache ------------------------------------------------
+
+def test_cached_from_second_use(reg):
+    reg.enable(device="generic", **ARM)
+    a = rand_i8(4, 40, seed=6)
+    w = rand_i8(30, 40, seed=7)
+    expected = a.int() @ w.t().int()
+    for _ in range(3):
+        assert torch.equal(torch._int_mm(a, w.t()), expected)
+    st = arm_status(reg)
+    assert st[INT_MM]["uncached_operands"] == 1         # first use: tiled for the call only
+    assert st["weight_cache"]["entries"] == 1 and st["weight_cache"]["hits"] == 1
+    for _ in range(3):                                   # a fresh operand every call is never kept
+        torch._int_mm(a, rand_i8(40, 30, seed=8))
+    st = arm_status(reg)
+    assert st[INT_MM]["uncached_operands"] == 4 and st["weight_cache"]["entries"] == 1
+    reg.disable()
+    reg.enable(device="generic", **ARM)
+    assert arm_status(reg)["weight_cache"]["entries"] == 0
+
+
+@pytest.mark.parametrize("write", ["copy_", "add_", "index", "through_view", "no_grad"])
+def test_in_place_update_is_never_stale(reg, write):
+    reg.enable(device="generic", **ARM)
+    a = rand_i8(3, 40, seed=9)
+    w = rand_i8(30, 40, seed=10)
+    for _ in range(2):                                   # cached now
+        torch._int_mm(a, w.t())
+    new = rand_i8(30, 40, seed=11)
+    if write == "copy_":
+        w.copy_(new)
+    elif write == "add_":
+        w.add_(1)
+    elif write == "index":
+        w[7, 3] = 100 if w[7, 3] != 100 else -100
+    elif write == "through_view":
+        w.t()[3, 7] = 55 if w[7, 3] != 55 else -55
+    else:
+        with torch.no_grad():
+            w.mul_(-1)
+    for _ in range(3):                                   # first use after the write, then cached again
+        assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.t().int())
+    st = arm_status(reg)["weight_cache"]
+    assert st["entries"] == 1                            # the stale entry was dropped with its token
+
+
+def test_free_and_recreate_is_never_stale(reg):
+    """A new weight often lands at the freed one's address: it must not hit the old entry."""
+    reg.enable(device="generic", **ARM)
+    a = rand_i8(2, 40, seed=12)
+    reused = 0
+    previous_ptr = None
+    for i in range(40):
+        w = rand_i8(30, 40, seed=1000 + i)
+        reused += w.data_ptr() == previous_ptr
+        previous_ptr = w.data_ptr()
+        for _ in range(2):
+            assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.t().int()), i
+        del w
+        gc.collect()
+        assert arm_status(reg)["weight_cache"]["entries"] <= 1
+    assert reused > 0, "the allocator never reused an address: the test proved nothing"
+
+
+def test_inference_tensors_are_not_cached(reg):
+    reg.enable(device="generic", **ARM)
+    with torch.inference_mode():
+        a = rand_i8(3, 40, seed=13)
+        w = rand_i8(30, 40, seed=14)
+        for _ in range(2):
+            assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.t().int())
+        w.add_(3)                                        # no version counter to see this
+        assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.t().int())
+    st = arm_status(reg)
+    assert st["weight_cache"]["entries"] == 0 and st[INT_MM]["uncached_operands"] == 3
+
+
+def test_cache_stays_within_budget(reg):
+    reg.enable(device="generic", weight_cache={"max_bytes": 6000}, **ARM)   # one 64x64-padded operand is 4096 B
+    a = rand_i8(2, 40, seed=15)
+    weights = [rand_i8(30, 40, seed=20 + i) for i in range(4)]
+    for _ in range(3):
+        for w in weights:
+            assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.t().int())
+    st = arm_status(reg)["weight_cache"]
+    assert st["bytes"] <= 6000 and st["evictions"] > 0
+
+
+def test_disabled_op_is_pytorchs(reg):
+    reg.enable(device="generic", ops={INT_MM: {"enabled": False}}, **ARM)
+    assert INT_MM not in reg.status()["ops"]
+    assert INT_MM not in arm_status(reg)["routing"]
+
+
+def test_config_rejects_linear_only_keys():
+    with pytest.raises(registry.ConfigError, match=r"ops\.aten::_int_mm\.activation_scale: unknown key"):
+        registry.Registry().build_config("arm", ops={INT_MM: {"activation_scale": "per_row"}})
