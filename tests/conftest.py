@@ -3,12 +3,110 @@ are :mod:`opregistry.testing`."""
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+import threading
+
 import pytest
 
 from opregistry import registry
 from opregistry.testing import engines
 
 ENGINES = engines()   # this host's quantized engines that take symmetric weights
+
+# -- The ARM tier: which execution every ARM test uses ------------------------
+# CI runs the ARM kernels through Triton's interpreter. With a Triton-CPU build,
+# `pytest --arm-execution=compiled` (or OPREGISTRY_TEST_ARM_EXECUTION=compiled)
+# runs the same tests on compiled kernels; `-m arm_tier` selects just them.
+# Tests read the mode from ARM_EXECUTION here (never a literal "interpreter").
+ARM_EXECUTION_ENV = "OPREGISTRY_TEST_ARM_EXECUTION"
+ARM_TIMEOUT_ENV = "OPREGISTRY_TEST_ARM_TIMEOUT"
+ARM_EXECUTION = os.environ.get(ARM_EXECUTION_ENV, "interpreter")
+# Modules whose ARM tests run in ARM_EXECUTION (their other tests ride along).
+ARM_TIER_MODULES = frozenset({
+    "test_arm", "test_pytorch_scheme", "test_fuzz", "test_special_values", "test_int_mm", "test_torchao",
+    "test_cache_lifetime", "test_concurrency", "test_lifecycle", "test_bad_configs",
+})
+COMPILED_TIER_TIMEOUT_S = 600.0   # per test: kernel compiles included; a hang fails the run
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("opregistry")
+    group.addoption("--arm-execution", choices=("interpreter", "compiled"), default=None,
+                    help=f"execution of the ARM tests (default: ${ARM_EXECUTION_ENV} or 'interpreter'); "
+                         "'compiled' needs Triton-CPU and skips the ARM tests with the reason when it is absent")
+    group.addoption("--arm-timeout", type=float, default=None,
+                    help=f"per-test limit in seconds for the ARM tier (default: ${ARM_TIMEOUT_ENV}, or "
+                         f"{COMPILED_TIER_TIMEOUT_S:g} when compiled, none when interpreted); a test past it "
+                         "dumps every thread's stack and ends the run with a failure")
+
+
+def pytest_configure(config):
+    global ARM_EXECUTION
+    config.addinivalue_line("markers", "arm_tier: runs the ARM kernels in the tier's execution (--arm-execution)")
+    chosen = config.getoption("--arm-execution")
+    if chosen:
+        ARM_EXECUTION = chosen
+        os.environ[ARM_EXECUTION_ENV] = chosen
+    if ARM_EXECUTION not in ("interpreter", "compiled"):
+        raise pytest.UsageError(f"${ARM_EXECUTION_ENV}: expected interpreter or compiled, got {ARM_EXECUTION!r}")
+    if ARM_EXECUTION == "compiled":
+        # Read when Triton builds its default driver (the tier asks for the CPU one).
+        os.environ.setdefault("TRITON_CPU_BACKEND", "1")
+
+
+def pytest_report_header(config):
+    return f"ARM tier: execution={ARM_EXECUTION}, per-test limit={_arm_timeout(config) or 'none'}"
+
+
+def _arm_timeout(config) -> float | None:
+    value = config.getoption("--arm-timeout")
+    if value is None and os.environ.get(ARM_TIMEOUT_ENV):
+        value = float(os.environ[ARM_TIMEOUT_ENV])
+    if value is None:
+        value = COMPILED_TIER_TIMEOUT_S if ARM_EXECUTION == "compiled" else None
+    return value or None
+
+
+def _is_arm_tier(item) -> bool:
+    return item.module is not None and item.module.__name__.rpartition(".")[2] in ARM_TIER_MODULES
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = None
+    if ARM_EXECUTION == "compiled":
+        from opregistry.backends.arm.device import triton_cpu_status
+
+        status = triton_cpu_status()
+        if not status.active:
+            skip = pytest.mark.skip(reason=f"compiled ARM tier: {status.detail}")
+    for item in items:
+        if _is_arm_tier(item):
+            item.add_marker(pytest.mark.arm_tier)
+            if skip is not None:
+                item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The ARM tier's per-test limit. A kernel compile that never ends holds the
+    process inside C++, where no Python-level timeout fires: faulthandler's C
+    watchdog dumps the stacks and exits the run (a failure, not a stuck run)."""
+    timeout = _arm_timeout(item.config) if _is_arm_tier(item) else None
+    if not timeout:
+        yield
+        return
+    notice = threading.Timer(timeout, lambda: sys.stderr.write(
+        f"\n{item.nodeid}: exceeded the ARM tier's per-test limit of {timeout:g} s; stopping the run\n"))
+    notice.daemon = True
+    notice.start()
+    faulthandler.dump_traceback_later(timeout + 5, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        notice.cancel()
 
 
 @pytest.fixture

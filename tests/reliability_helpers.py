@@ -1,5 +1,5 @@
 """What only the reliability tests share: warning filters, (packed, unpacked)
-weights, configs for the ARM backend under the interpreter, a cost proxy.
+weights, configs for the ARM backend in the ARM tier's execution, a cost proxy.
 The contract checks themselves are :mod:`opregistry.testing`.
 
 Not a test module. Only the reliability tests import it.
@@ -7,6 +7,7 @@ Not a test module. Only the reliability tests import it.
 
 from __future__ import annotations
 
+from conftest import ARM_EXECUTION
 from opregistry import testing
 from opregistry.backends.common import LINEAR_OPS, unpack_weight
 from opregistry.testing import (EPILOGUE_ABS, EPILOGUE_REL, contract_tolerance, make_qweight,  # noqa: F401
@@ -27,9 +28,10 @@ def make_packed(n: int, k: int, **kwargs):
 
 def arm_overrides(device: str = "generic", padding: bool = True, activation_scale: str = "per_row",
                   max_bytes: int | None = None, **op_keys) -> dict:
-    """Keyword overrides for ``registry.enable(backend="arm", ...)`` under the interpreter."""
+    """Keyword overrides for ``registry.enable(backend="arm", ...)`` in the ARM tier's execution
+    (the interpreter unless ``--arm-execution=compiled``: tests/conftest.py)."""
     op = {"padding": padding, "activation_scale": activation_scale, **op_keys}
-    out = {"execution": "interpreter", "device": device, "ops": {name: dict(op) for name in LINEAR_OPS}}
+    out = {"execution": ARM_EXECUTION, "device": device, "ops": {name: dict(op) for name in LINEAR_OPS}}
     if max_bytes is not None:
         out["weight_cache"] = {"max_bytes": max_bytes}
     return out

@@ -1,29 +1,31 @@
-"""ARM backend kernels through Triton's interpreter, against the reference."""
+"""ARM backend kernels against the reference: through Triton's interpreter (CI), or compiled by
+Triton-CPU with ``--arm-execution=compiled`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import gc
+import re
 import warnings
 
 import pytest
 import torch
 
 from opregistry import registry
-from opregistry.backends.arm.device import detect_device, read_cpuinfo, triton_cpu_status
+from opregistry.backends.arm.device import detect_device, read_cpuinfo
 from opregistry.backends.arm.plugin import packaged_devices
 from opregistry.backends.arm.runtime import ArmRuntime
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 
-from conftest import ENGINES
+from conftest import ARM_EXECUTION, ENGINES
 from opregistry.testing import assert_matches_contract, make_packed, quantized_engine
 
-INTERP = {"execution": "interpreter"}
+INTERP = {"execution": ARM_EXECUTION}
 
 
 def arm_runtime(device="generic", **ops_overrides) -> ArmRuntime:
     reg = registry.Registry()
     ops = {op: dict(ops_overrides) for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)} if ops_overrides else {}
-    cfg = reg.build_config("arm", device=device, execution="interpreter", **({"ops": ops} if ops else {}))
+    cfg = reg.build_config("arm", device=device, execution=ARM_EXECUTION, **({"ops": ops} if ops else {}))
     return ArmRuntime(cfg)
 
 
@@ -180,11 +182,11 @@ def test_through_dispatcher_and_fast_path():
     native = layer(x)
     original_forward = DQLinear.forward
     with registry.enabled(backend="arm", **INTERP):
-        assert DQLinear.forward is not original_forward    # fast path installed
+        assert "__call__" in DQLinear.__dict__ and DQLinear.forward is original_forward   # fast path installed
         y_fast = layer(x)
         y_disp = torch.ops.quantized.linear_dynamic(x, layer._packed_params._packed_params, True)
         st = registry.status()
-    assert DQLinear.forward is original_forward
+    assert DQLinear.forward is original_forward and "__call__" not in DQLinear.__dict__
     packed = layer._packed_params._packed_params
     assert_matches_contract(y_fast, x, packed)
     assert torch.equal(y_fast, y_disp)
@@ -199,15 +201,40 @@ def test_fast_path_can_be_turned_off():
     original = DQLinear.forward
     ops = {op: {"fast_path": False} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
     with registry.enabled(backend="arm", ops=ops, **INTERP):
-        assert DQLinear.forward is original
+        assert DQLinear.forward is original and "__call__" not in DQLinear.__dict__
 
 
-def test_auto_execution_without_triton_cpu_is_a_clear_error():
-    if triton_cpu_status().active:
-        pytest.skip("Triton-CPU is active on this host: auto selects compiled execution")
+def test_auto_execution_without_triton_cpu_is_a_clear_error(monkeypatch):
+    from opregistry.backends.arm import device
+
+    monkeypatch.setattr(device, "triton_cpu_status", lambda: device.TritonCpuStatus(False, False, "triton is not installed"))
     with pytest.raises(registry.BackendUnavailable, match=r"execution='auto' needs Triton-CPU.*interpreter"):
         registry.enable(backend="arm")
     assert registry.status()["ops"] == {}
+
+
+def test_auto_selects_compiled_only_on_aarch64(monkeypatch):
+    """x86 Triton-CPU is a validation proxy (15-110x slower than fbgemm): `auto`
+    never picks it; `compiled` runs it, with one warning per process."""
+    from opregistry.backends.arm import device
+
+    active = device.TritonCpuStatus(True, True, "Triton-CPU active (triton 3.0.0)")
+    assert device.compiled_unavailable_reason("auto", active, machine="aarch64") is None
+    assert device.compiled_unavailable_reason("compiled", active, machine="x86_64") is None
+    reason = device.compiled_unavailable_reason("auto", active, machine="x86_64")
+    assert "only on aarch64" in reason and "validation proxy" in reason and "execution='compiled'" in reason
+    inactive = device.TritonCpuStatus(False, False, "triton is not installed")
+    assert "needs Triton-CPU" in device.compiled_unavailable_reason("auto", inactive, machine="aarch64")
+    if not device.auto_selects_compiled():
+        monkeypatch.setattr(device, "triton_cpu_status", lambda: active)
+        with pytest.raises(registry.BackendUnavailable, match="only on aarch64.*validation proxy"):
+            registry.enable(backend="arm")
+        monkeypatch.setattr(device, "_proxy_warned", False)
+        with pytest.warns(RuntimeWarning, match="validation proxy"):
+            device.warn_if_proxy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            device.warn_if_proxy()                          # once per process
 
 
 CIX_CPUINFO = """processor\t: 0
@@ -241,28 +268,72 @@ def test_device_key_selects_the_packaged_table():
         reg.build_config("arm", device="nope")
 
 
+def _triton_compilation_error(message: str, exc_type=AssertionError):
+    """What Triton's code generator raises when the front end rejects a call: a
+    CompilationError whose text starts with the source position and whose
+    cause is the front end's own exception."""
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    src = "def qlinear_kernel(q, b, acc):\n    acc = tl.dot(q, b, acc, out_dtype=tl.int32)\n"
+    node = ast.parse(src).body[0].body[0].value
+    cause = exc_type(message)
+    err = CompilationError(src, node, repr(cause))
+    err.__cause__ = cause
+    return err
+
+
+class PickyCompiler:
+    """The runtime's kernel (compiled or interpreted) behind a compiler front
+    end that rejects some tl.dot calls the way Triton does."""
+
+    def __init__(self, kernel, reject):
+        from opregistry.backends.arm.kernel import qlinear_kernel
+
+        self.kernel, self.reject, self.names, self.rejected = kernel, reject, qlinear_kernel.arg_names, []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            params = {**dict(zip(self.names, args)), **kwargs}
+            error = self.reject(params)
+            if error is not None:
+                self.rejected.append((params["BLOCK_M"], params["USE_DOT"]))
+                raise error
+            return self.kernel[grid](*args, **kwargs)
+        return run
+
+
 def test_compiler_rejecting_tiny_dot_reroutes_rule_to_gemv_once():
-    """Simulates a Triton-CPU build whose tl.dot needs M >= 4: the rule is
-    re-routed to the dot-free kernel with one warning, results stay right."""
+    """A Triton-CPU build whose tl.dot needs M >= 4 (upstream legacy): the rule is
+    re-routed to the dot-free kernel with one warning naming the compiler's
+    reason (not "at 2:10:"), results stay right."""
     rt = arm_runtime("cix-p1")                          # decode-m1 is a BM=1 dot rule
-    interpreted = rt.kernel
-    compiled_dots = []
-
-    class PickyCompiler:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if kwargs["USE_DOT"] and kwargs["BLOCK_M"] < 4:
-                    compiled_dots.append(kwargs["BLOCK_M"])
-                    raise RuntimeError("Input shapes should have M >= 4, N >= 4 and K >= 4")
-                return interpreted[grid](*args, **kwargs)
-            return run
-
-    rt.kernel, rt.execution = PickyCompiler(), "compiled"
+    picky = PickyCompiler(rt.kernel, lambda p: _triton_compilation_error(
+        "Input shapes should have M >= 4, N >= 4 and K >= 4") if p["USE_DOT"] and p["BLOCK_M"] < 4 else None)
+    rt.kernel, rt.execution = picky, "compiled"
     packed = make_packed(70, 45)
     x = torch.randn(1, 45)
-    with pytest.warns(RuntimeWarning, match=r"rule 'decode-m1' now uses the gemv kernel.*M >= 4"):
+    with pytest.warns(RuntimeWarning, match=r"rule 'decode-m1' now uses the gemv kernel; the compiler rejected "
+                                            r"tl.dot with tiles 1x64x4: Input shapes should have M >= 4, N >= 4 "
+                                            r"and K >= 4$"):
         y = rt.runners[LINEAR_DYNAMIC](x, packed)
     assert_matches_contract(y, x, packed)
     y2 = rt.runners[LINEAR_DYNAMIC](x, packed)           # no second attempt, no second warning
-    assert compiled_dots == [1] and torch.equal(y, y2)
-    assert "decode-m1" in rt.status()["dot_fallbacks"]
+    assert picky.rejected == [(1, True)] and torch.equal(y, y2)
+    assert rt.status()["dot_fallbacks"]["decode-m1"].endswith("Input shapes should have M >= 4, N >= 4 and K >= 4")
+
+
+@pytest.mark.parametrize("m, error", [
+    (1, "Both operands must be same type. First operand (int32) and second operand (int8)"),   # a kernel bug
+    (8, "Input shapes should have M >= 16, N >= 16 and K >= 16"),        # more than 4 rows: never re-routed
+])
+def test_other_compile_errors_are_never_rerouted(m, error):
+    rt = arm_runtime("cix-p1")                          # decode-m1: dot 1x64x4, prefill-8: dot 8x64x32
+    picky = PickyCompiler(rt.kernel, lambda p: _triton_compilation_error(error) if p["USE_DOT"] else None)
+    rt.kernel, rt.execution = picky, "compiled"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(Exception, match=re.escape(error)):
+            rt.runners[LINEAR_DYNAMIC](torch.randn(m, 45), make_packed(70, 45))
+    assert picky.rejected == [(min(m, 8), True)] and rt.status()["dot_fallbacks"] == {}

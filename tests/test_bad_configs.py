@@ -138,8 +138,12 @@ def test_bad_config_dict(serving):
     _assert_unchanged(reg, before, backend, probe)
 
 
-def test_backend_unavailable_changes_nothing(serving):
+def test_backend_unavailable_changes_nothing(serving, monkeypatch):
     """A valid config whose execution mode cannot run here fails before anything is installed."""
+    from opregistry.backends.arm import device as arm_device
+
+    monkeypatch.setattr(arm_device, "triton_cpu_status",      # as on a host without Triton-CPU
+                        lambda: arm_device.TritonCpuStatus(False, False, "triton is not installed"))
     reg, backend, probe = serving
     before = _snapshot(reg)
     with pytest.raises(BackendUnavailable, match="interpreter"):

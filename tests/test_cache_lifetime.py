@@ -66,7 +66,7 @@ def _new_layer(i: int) -> DQLinear:
 def test_module_fast_path_layers_never_stale(max_bytes, record_property):
     reg, runtime = _enabled(max_bytes)
     try:
-        assert DQLinear.forward.__name__ == "forward" and hasattr(DQLinear.forward, "__wrapped__")
+        assert "__call__" in DQLinear.__dict__   # the fast path is installed
         routed_before = sum(runtime.status()["routing"][LINEAR_DYNAMIC].values())
         for i in range(CYCLES):
             layer = _new_layer(i)
@@ -104,3 +104,51 @@ def test_weight_replaced_in_place_is_not_stale():
     finally:
         reg.disable()
     assert runtime.cache.stats()["entries"] == 0
+
+
+def _same_kind_layer(i: int) -> DQLinear:
+    """Layers of one shape and kind (per-channel, zero points, bias): one weight's bytes each."""
+    layer = DQLinear(IN_F, OUT_F, dtype=torch.qint8)
+    gen = torch.Generator().manual_seed(40_000 + i)
+    layer.set_weight_bias(make_qweight(OUT_F, IN_F, per_channel=True, zero_points=True, gen=gen),
+                          torch.randn(OUT_F, generator=gen))
+    return layer
+
+
+@pytest.mark.parametrize("how", ["set_weight_bias", "load_state_dict"])
+def test_replaced_weight_frees_its_entry_at_once(how):
+    """The module fast path's entry dies with the packed weight it was made from:
+    replacing the weight frees the old prepared copy at once (not at LRU pressure),
+    so with a budget of exactly one weight nothing is ever evicted."""
+    layer = _same_kind_layer(0)
+    x = torch.randn(3, IN_F, generator=torch.Generator().manual_seed(1))
+    reg, runtime = _enabled(1 << 30)
+    try:
+        layer(x)
+        one_weight = runtime.cache.stats()["bytes"]
+        assert one_weight > 0 and runtime.cache.stats()["module_entries"] == 1
+    finally:
+        reg.disable()
+    reg, runtime = _enabled(one_weight)                  # the budget: one weight
+    try:
+        for i in range(1, 30):
+            layer(x)
+            stats = runtime.cache.stats()
+            assert stats["bytes"] == one_weight and stats["entries"] == 1, (i, stats)
+            donor = _same_kind_layer(i)
+            if how == "set_weight_bias":
+                layer.set_weight_bias(donor.weight(), donor.bias())
+            else:
+                layer.load_state_dict(donor.state_dict())
+            del donor
+            stats = runtime.cache.stats()
+            assert stats["bytes"] == 0 and stats["entries"] == 0, (i, stats)   # freed at once
+            y = layer(x)
+            assert mismatches(y, x, unpack_weight(layer._packed_params._packed_params)) is None, (i, how)
+            assert runtime.cache.stats()["bytes"] == one_weight
+        stats = runtime.cache.stats()
+        assert stats["evictions"] == 0, stats
+        del layer
+        assert runtime.cache.stats()["bytes"] == 0          # a collected module frees its entry at once
+    finally:
+        reg.disable()

@@ -156,7 +156,7 @@ def test_arm_reenable_with_other_config_keeps_runtime(probe):
         reg.enable(backend="arm", **arm_overrides("cix-p1"))
         status = _arm_status(reg)
         assert status["device"] == "cix-p1" and status["fast_path"] is True
-        assert DQLinear.forward is not original_forward
+        assert "__call__" in DQLinear.__dict__ and DQLinear.forward is original_forward   # fast path installed
         with reg.enabled(backend="arm", **arm_overrides("generic", padding=False)):
             assert _arm_status(reg)["device"] == "generic" and _arm_status(reg)["fast_path"] is True
             assert mismatches(outputs(x, packed)[0], x, w) is None
@@ -165,6 +165,7 @@ def test_arm_reenable_with_other_config_keeps_runtime(probe):
         assert mismatches(outputs(x, packed)[0], x, w) is None
     finally:
         reg.disable()
-    assert DQLinear.forward is original_forward, "disable must restore the module's forward"
+    assert DQLinear.forward is original_forward and "__call__" not in DQLinear.__dict__, \
+        "disable must leave the module class as PyTorch made it"
     assert reg.installed_library_count() == 0
     assert same(outputs(x, packed), native)

@@ -1,6 +1,11 @@
-"""``activation_scale: pytorch`` reproduces PyTorch's own activation quantization.
+"""``activation_scale: pytorch`` reproduces PyTorch's own activation quantization,
+with the engine semantics of the engine that packed the weight: x86, fbgemm and
+onednn apply ``reduce_range`` (7-bit activations), qnnpack ignores it (8-bit), as
+PyTorch's op does (it dispatches on the packed weight's class). Checked against
+PyTorch's own op under every engine this host has, ``reduce_range`` True and
+False, through the dispatcher (arm, reference) and the module fast path (arm).
 
-Bound against PyTorch's op (x86/fbgemm, ``reduce_range=True``): both choose the
+Bound against PyTorch's op: both choose the
 same scale and zero point and quantize with the same fp32 multiply and
 round-half-even, so the uint8 activations agree except where an fp32 product
 lands on a tie the two compute differently; the integer sums are exact on both
@@ -17,17 +22,18 @@ import torch
 from opregistry import registry
 from opregistry.backends.arm.runtime import ArmRuntime
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, unpack_weight
-from opregistry.backends.common.pytorch_qparams import choose_qparams
+from opregistry.backends.common.pytorch_qparams import choose_qparams, reduce_range_applies
 from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 
-from opregistry.testing import make_packed, quantized_engine
+from conftest import ARM_EXECUTION
+from opregistry.testing import engines, make_packed, quantized_engine, quiet_quantized_tensor_creation
 
 PYTORCH_OPS = {op: {"activation_scale": "pytorch"} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
 
 
 @pytest.fixture(scope="module")
 def arm_pytorch():
-    cfg = registry.Registry().build_config("arm", device="generic", execution="interpreter", ops=PYTORCH_OPS)
+    cfg = registry.Registry().build_config("arm", device="generic", execution=ARM_EXECUTION, ops=PYTORCH_OPS)
     return ArmRuntime(cfg)
 
 
@@ -122,7 +128,7 @@ def test_pytorch_scheme_through_the_dispatcher():
     x = torch.randn(5, 40)
     with quantized_engine("x86"):
         y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
-        with registry.enabled(backend="arm", execution="interpreter", ops=PYTORCH_OPS):
+        with registry.enabled(backend="arm", execution=ARM_EXECUTION, ops=PYTORCH_OPS):
             y = torch.ops.quantized.linear_dynamic(x, packed, True)
     assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, True, None)).all()
 
@@ -156,15 +162,121 @@ def test_integer_grid_is_exact_through_the_dispatcher(engine, per_channel, reduc
     if engine not in torch.backends.quantized.supported_engines:
         pytest.skip(f"engine {engine} not built into this torch")
     m, k, n = 5, 24, 7
-    x, packed, exact = _grid_case(engine, m, k, n, per_channel, reduce_range,
+    # A qnnpack-packed weight gets 8-bit activations whatever reduce_range says: the
+    # lossless grid is then the 8-bit one.
+    x, packed, exact = _grid_case(engine, m, k, n, per_channel, reduce_range and APPLIES[engine],
                                   seed=len(engine) * 8 + per_channel * 4 + reduce_range * 2 + relu)
     if relu:
         exact = exact.clamp_min(0)
     op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
     with quantized_engine(engine):
-        for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+        for backend, extra in (("arm", {"execution": ARM_EXECUTION}), ("reference", {})):
             with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
                 y = op(x, packed, reduce_range)
                 served = registry.status()["ops"][LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC]
             assert served["backend"] == backend and served["calls"] == 1
             assert torch.equal(y.double(), exact), (backend, (y.double() - exact).abs().max())
+
+
+# -- engine semantics: every engine, reduce_range True and False, both paths ---------
+
+ALL_ENGINES = engines()                  # this host's engines (onednn: symmetric weights only)
+APPLIES = {"x86": True, "fbgemm": True, "onednn": True, "qnnpack": False}   # measured, torch 2.13
+
+
+def _weights(engine):
+    """(label, packed) prepacked under ``engine``: per-tensor with a zero point where the
+    engine takes one, per-channel, and per-tensor without bias."""
+    zp = engine != "onednn"
+    return [("per_tensor", make_packed(33, 70, zero_points=zp, engine=engine, seed=1)),
+            ("per_channel", make_packed(33, 70, per_channel=True, engine=engine, seed=2)),
+            ("no_bias", make_packed(33, 70, bias=False, engine=engine, seed=3))]
+
+
+def _assert_like_pytorch(y, y_pytorch, x2d, packed, reduce_range, what):
+    bound = native_bound(x2d, packed, reduce_range, None).reshape(y.shape)
+    ratio = ((y.double() - y_pytorch.double()).abs() / bound).max().item()
+    assert ratio <= 1.0, f"{what}: max error / bound = {ratio:.3g}"
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_which_engines_apply_reduce_range(engine):
+    """The rule, measured on PyTorch's own op: 7-bit activations unless qnnpack packed the weight."""
+    x = torch.randn(4, 70, generator=torch.Generator().manual_seed(5)) * 3 + 0.5
+    for _, packed in _weights(engine):
+        with quantized_engine(engine):
+            with_rr = torch.ops.quantized.linear_dynamic(x, packed, True)
+        w = unpack_weight(packed)
+        for rr in (False, True):
+            expected = _pytorch_scheme(x, w, rr)
+            close = ((with_rr.double() - expected).abs() <= native_bound(x, packed, rr, None)).all().item()
+            assert close == (rr == APPLIES[engine]), (engine, rr)
+        assert reduce_range_applies(packed, 70) == APPLIES[engine]
+
+
+def _pytorch_scheme(x, w, reduce_range):
+    from opregistry.backends.reference.ops import linear_from_unpacked
+
+    return linear_from_unpacked(x, w, False, "pytorch", reduce_range).double()
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+@pytest.mark.parametrize("reduce_range", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_dispatcher_matches_pytorchs_op_on_every_engine(engine, reduce_range, relu):
+    op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
+    name = LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC
+    x = torch.randn(2, 3, 70, generator=torch.Generator().manual_seed(7)) * 2 - 0.7
+    x2d = x.reshape(-1, 70)
+    effective = reduce_range and APPLIES[engine]
+    with quantized_engine(engine):
+        for label, packed in _weights(engine):
+            y_pytorch = op(x, packed, reduce_range)
+            for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+                with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
+                    y = op(x, packed, reduce_range)
+                    assert registry.status()["ops"][name]["backend"] == backend
+                _assert_like_pytorch(y, y_pytorch, x2d, packed, effective, f"{backend} {label}")
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_module_fast_path_matches_pytorchs_module_on_every_engine(engine, reduce_range):
+    """``nn.quantized.dynamic.Linear`` passes ``reduce_range=True`` from module version 4
+    on and nothing before (version 3 modules from old checkpoints): both, through the
+    fast path, against the same module with nothing enabled."""
+    from torch.ao.nn.quantized.dynamic import Linear as DQLinear
+
+    x = torch.randn(5, 70, generator=torch.Generator().manual_seed(9)) * 3 + 0.5
+    effective = reduce_range and APPLIES[engine]
+    with quantized_engine(engine):
+        for label, packed in _weights(engine):
+            module = DQLinear(70, 33)
+            with quiet_quantized_tensor_creation():
+                module.set_weight_bias(*torch.ops.quantized.linear_unpack(packed))
+            module.version = 4 if reduce_range else 3
+            y_pytorch = module(x)
+            with registry.enabled(backend="arm", execution="interpreter", ops=PYTORCH_OPS):
+                before = registry.status()["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC]
+                ys = [module(x), module(x)]                  # first call prepares, second takes the direct route
+                st = registry.status()
+            assert st["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC] == before + 2
+            assert st["ops"][LINEAR_DYNAMIC]["calls"] == 0
+            assert torch.equal(ys[0], ys[1])
+            _assert_like_pytorch(ys[0], y_pytorch, x, module._packed_params._packed_params, effective,
+                                 f"fast path {label}")
+
+
+@pytest.mark.parametrize("packed_under, run_under", [("qnnpack", "x86"), ("x86", "qnnpack"),
+                                                      ("onednn", "qnnpack"), ("qnnpack", "onednn")])
+def test_the_engine_that_packed_the_weight_decides(packed_under, run_under):
+    if not {packed_under, run_under} <= set(ALL_ENGINES):
+        pytest.skip("engine not built into this torch")
+    packed = make_packed(33, 70, per_channel=True, engine=packed_under, seed=4)
+    x = torch.randn(3, 70, generator=torch.Generator().manual_seed(2)) * 3 + 0.5
+    with quantized_engine(run_under):
+        y_pytorch = torch.ops.quantized.linear_dynamic(x, packed, True)
+        for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+            with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
+                y = torch.ops.quantized.linear_dynamic(x, packed, True)
+            _assert_like_pytorch(y, y_pytorch, x, packed, APPLIES[packed_under], backend)

@@ -60,8 +60,9 @@ from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 LINEAR = "quantized::linear_dynamic"
 # (name, K, N): in_features x out_features
 SHAPES = [
+    ("qwen2-7b-up", 3584, 18944), ("qwen2-7b-down", 18944, 3584),
     ("qwen3-1.7b-qkv", 2048, 2048), ("qwen3-1.7b-kv", 2048, 1024), ("qwen3-1.7b-up", 2048, 6144),
-    ("qwen3-1.7b-down", 6144, 2048), ("qwen2-7b-up", 3584, 18944), ("qwen2-7b-down", 18944, 3584),
+    ("qwen3-1.7b-down", 6144, 2048),
 ]
 MS = [1, 4, 16, 64, 2048, 8192]           # the issue's done-when set: decode {1,4,16,64}, prefill >= 2048
 L2_BYTES = 50 * 2**20
@@ -77,6 +78,8 @@ def R(kernel, bm, bn, bk, warps=4, stages=3):
 # (rule, smallest M, largest M, weight class: "any", "small" (<= 16 MiB) or "large").
 VARIANTS = [
     (R("gemv_fused", 1, 16, 512), 1, 2, "small"),
+    (R("gemv_fused", 2, 16, 256), 2, 4, "small"),
+    (R("gemv_fused", 4, 16, 128), 4, 16, "small"),
     (R("dot_fused", 16, 16, 256), 1, 64, "small"),
     (R("dot_fused", 16, 32, 256), 1, 64, "small"),
     (R("dot_fused", 16, 64, 128, stages=4), 1, 64, "small"),
@@ -179,6 +182,8 @@ class Timer:
     def host_us(self, fn, calls: int = 40, repeats: int = 7) -> float:
         """Eager wall time per call: back-to-back calls, one sync at the end (so
         max(host time, GPU time) per call); median of ``repeats``."""
+        if not self.cuda:
+            calls, repeats = 1, 1                      # --cpu-smoke: the interpreter is slow
         for _ in range(3):
             fn()
         self.sync()
@@ -343,6 +348,51 @@ def model_check(reg: Registry, device) -> dict:
 # 3. Timing
 # ---------------------------------------------------------------------------
 
+def host_profile(reg, device) -> dict:
+    """Host time of the pieces of one decode call (no sync; a tiny layer, so the GPU never
+    limits): where an eager call's microseconds go, next to bf16 ``F.linear``'s whole call."""
+    rt: CudaRuntime = reg.plugins.get("cuda").plugin.runtime
+    runner = rt.runners[LINEAR]
+    k, n = 2048, 2048
+    wp = packed_weight(n, k, seed=99)
+    mod = module_for(wp, k, n)
+    x = torch.randn(1, k, device=device)
+    w = rt.weight(wp, x.device, LINEAR)
+    wb = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    gemv, streamk = R("gemv_fused", 1, 16, 512), R("dot_streamk", 16, 64, 256, stages=4)
+
+    def per_call(fn, calls=400):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best = min(best, (time.perf_counter() - t) / calls * 1e6)
+            torch.cuda.synchronize()
+        return best
+
+    out = {}
+    out["bf16 F.linear (one cuBLAS launch)"] = per_call(lambda: F.linear(xb, wb))
+    out["torch.empty (16 KB, CUDA)"] = per_call(lambda: torch.empty((1, n), dtype=torch.float32, device=x.device))
+    out["rt.weight (cache hit)"] = per_call(lambda: rt.weight(wp, x.device, LINEAR))
+    with rt.stub_kernels():
+        out["runner, no launch"] = per_call(lambda: runner.run(x, wp))
+        out["module, no launch"] = per_call(lambda: mod(x))
+    for name, rule in (("gemv_fused (1 launch)", gemv), ("dot_streamk (2 launches)", streamk)):
+        rt.linear(x, w, rule, True, False)                     # bind
+        out[f"rt.linear {name}, direct launch"] = per_call(lambda: rt.linear(x, w, rule, True, False))
+        fast_pdl = rt.fast_launch, rt.pdl
+        rt.fast_launch, rt.pdl = False, False
+        out[f"rt.linear {name}, Triton launch"] = per_call(lambda: rt.linear(x, w, rule, True, False))
+        rt.fast_launch, rt.pdl = fast_pdl
+    rt.cache.clear()
+    return out
+
+
 def copy_bandwidth(timer: Timer, device) -> float:
     """Device-to-device copy, bytes read + written per second."""
     nbytes = (1 << 30) if device == "cuda" else (1 << 24)
@@ -406,6 +456,9 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
         # the same through the dispatcher (torch.ops.quantized.linear_dynamic)
         measure("op_dispatch", lambda: torch.ops.quantized.linear_dynamic(*sets.next()[:2], True), gpu=False)
         # the previous host path: Triton's own launch for every kernel, no PDL (same kernels, same routing)
+        if decode:
+            with rt.stub_kernels():                    # host work alone: everything but the launches
+                measure("op_stub", module_call, gpu=False)
         fast_pdl = rt.fast_launch, rt.pdl
         rt.fast_launch, rt.pdl = False, False
         measure("op_triton_launch", module_call)
@@ -466,7 +519,8 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
         rows.append(row)
         del xs, xb
         log(f"  {name} M={m} [{row['route']}]: wall op {fmt(row.get('op_wall_us'))} "
-            f"(dispatch {fmt(row.get('op_dispatch_wall_us'))}, triton launch {fmt(row.get('op_triton_launch_wall_us'))}) "
+            f"(dispatch {fmt(row.get('op_dispatch_wall_us'))}, triton launch {fmt(row.get('op_triton_launch_wall_us'))}, "
+            f"no launch {fmt(row.get('op_stub_wall_us'))}) "
             f"bf16 {fmt(row.get('bf16_wall_us'))} | gpu op {fmt(row.get('op_gpu_us'))} "
             f"(triton launch, no pdl {fmt(row.get('op_triton_launch_gpu_us'))}, prepass {fmt(row.get('prepass_gpu_us'))}) "
             f"bf16 {fmt(row.get('bf16_gpu_us'))} int_mm {fmt(row.get('int_mm_gpu_us'))} floor {fmt(row['hbm_floor_us'])}"
@@ -618,6 +672,15 @@ def main(argv=None) -> int:
             reg.enable("cuda", config=args.config, **overrides)
         log(f"model: {result['model']}")
         save()
+
+    if not args.skip_timing and not smoke:
+        try:
+            result["host_profile_us"] = host_profile(reg, device)
+            log("host time per call, us (no sync, tiny layer): " + json.dumps(
+                {k: round(v, 2) for k, v in result["host_profile_us"].items()}))
+        except Exception as exc:  # noqa: BLE001
+            result["host_profile_us"] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
 
     if not args.skip_timing:
         timer = Timer(not smoke, args.warmup_ms, args.rep_ms)

@@ -109,3 +109,52 @@ def triton_cpu_status() -> TritonCpuStatus:
                                             f"active driver targets {backend!r}; set TRITON_CPU_BACKEND=1 before "
                                             "importing triton, or call triton.runtime.driver.set_active_to_cpu()")
     return TritonCpuStatus(True, True, f"Triton-CPU active (triton {triton.__version__})")
+
+
+# -- which execution `auto` selects -------------------------------------------
+# Triton-CPU also builds and runs on x86_64, but int8 tl.dot is lowered there
+# generically (32-bit multiplies, no VNNI): measured 15-110x slower than PyTorch's
+# own fbgemm kernel on the same host (docs/BENCHMARKS.md). It is a validation proxy
+# for the ARM kernels, never a silent default.
+AUTO_COMPILED_MACHINES = ("aarch64", "arm64")
+_proxy_warned = False
+
+
+def auto_selects_compiled(machine: str | None = None) -> bool:
+    """Whether ``execution: auto`` may select compiled kernels on this host."""
+    return (machine or platform.machine()) in AUTO_COMPILED_MACHINES
+
+
+def proxy_note(machine: str | None = None) -> str:
+    machine = machine or platform.machine()
+    return (f"Triton-CPU on {machine} is a validation proxy for the ARM kernels, not a deployment: it lowers int8 "
+            "tl.dot generically (no i8mm/VNNI), 15-110x slower than PyTorch's own quantized kernel on the same "
+            "host (docs/BENCHMARKS.md)")
+
+
+def compiled_unavailable_reason(mode: str, status: TritonCpuStatus | None = None,
+                                machine: str | None = None) -> str | None:
+    """Why ``execution=mode`` (``auto`` or ``compiled``) cannot run compiled kernels
+    here, or ``None`` when it can. ``auto`` selects them only on aarch64."""
+    status = status or triton_cpu_status()
+    if not status.active:
+        return (f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
+                "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
+                "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
+                "(slow; for validation).")
+    if mode == "auto" and not auto_selects_compiled(machine):
+        return (f"arm backend: execution='auto' selects compiled kernels only on aarch64; here "
+                f"{status.detail}, but {proxy_note(machine)}. Pass execution='compiled' to run them anyway "
+                "(with a warning), or execution='interpreter'.")
+    return None
+
+
+def warn_if_proxy(machine: str | None = None) -> None:
+    """Once per process: compiled kernels asked for explicitly on a non-ARM host."""
+    global _proxy_warned
+    if not _proxy_warned and not auto_selects_compiled(machine):
+        _proxy_warned = True
+        import warnings
+
+        warnings.warn(f"arm backend: execution='compiled' on {machine or platform.machine()}: {proxy_note(machine)}",
+                      RuntimeWarning, stacklevel=3)

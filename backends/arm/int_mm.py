@@ -20,15 +20,25 @@ entry that dies with the tensor, and is replaced when the version changes, so
 the entry (owned by the token) is dropped at once when the tensor is freed or
 written. A hit is therefore never stale.
 
-An operand is cached from its second use in the same state: one used once (a
-fresh tensor every call, or a weight just written) is tiled for the call and
-not kept, so it never evicts a weight (counted as ``uncached_operands`` in
-``registry.status()``). Entries live in the runtime's weight cache, under the
-same ``weight_cache.max_bytes`` budget as the linear ops' weights, and are
-dropped on ``disable()``. Never cached: inference tensors
-(``torch.inference_mode``), which have no version counter. Writes that bypass
-the version counter (``tensor.data`` mutated in place, a C++ extension writing
-the storage) are not seen, as autograd does not see them either.
+An operand is cached from its second use in the same state; until then (a
+fresh tensor every call, or a weight just written) the kernel reads it where it
+lies (masked on its edges only), so it costs no copy and never evicts a weight
+(counted as ``uncached_operands`` in ``registry.status()``). Entries live in
+the runtime's weight cache, under the same ``weight_cache.max_bytes`` budget as
+the linear ops' weights, and are dropped on ``disable()``. Never cached:
+inference tensors (``torch.inference_mode``), which have no version counter,
+and every operand when the op's ``operand_cache`` is ``false``.
+
+What the version counter cannot see: writes that bypass it, which PyTorch
+makes for the tensors inside a tensor subclass when the subclass writes them
+in its ``__torch_dispatch__`` (autograd's ADInplaceOrView step has already run
+for the outer tensor): torchao's ``Int8Tensor.copy_``, i.e.
+``model.load_state_dict(sd)`` into an already-quantized model, writes
+``qdata`` in place and leaves its version unchanged (measured: torchao 0.18,
+torch 2.13); likewise ``tensor.data`` written in place. After such a write to a
+weight that already ran, re-enable the backend (``disable()`` drops the cache),
+load with ``load_state_dict(sd, assign=True)`` (new tensors, new keys), or set
+``operand_cache: false``.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class PreparedOperand:
     k: int
     layout_k: int
     layout_n: int
+    tensor = None
 
     @property
     def layout_blocks_n(self) -> int:
@@ -77,13 +88,30 @@ class PreparedOperand:
         return sum(t.numel() * t.element_size() for t in (self.w_tiled, self.colsum) if t is not None)
 
 
+@dataclass(frozen=True)
+class InPlaceOperand(PreparedOperand):
+    """An operand the kernel reads where it lies (not cached): ``tensor`` ``[K, N]``
+    int8 with any strides; ``colsum`` as :class:`PreparedOperand`."""
+
+    tensor: torch.Tensor | None = None
+
+
+def _colsum(b: torch.Tensor, layout_n: int, unsigned_a: bool) -> torch.Tensor | None:
+    """Column sums for a uint8 A (int32, wrapping as the kernel's sum), padded to whole tiles."""
+    if not unsigned_a:
+        return None
+    return pad_vector(b.sum(dim=0, dtype=torch.int64).to(torch.int32), round_up(max(b.shape[1], 1), layout_n),
+                      torch.int32)
+
+
 def tile_operand(b: torch.Tensor, layout_k: int, layout_n: int, unsigned_a: bool) -> PreparedOperand:
     k, n = b.shape
-    colsum = None
-    if unsigned_a:
-        np_ = round_up(max(n, 1), layout_n)
-        colsum = pad_vector(b.sum(dim=0, dtype=torch.int64).to(torch.int32), np_, torch.int32)  # wraps as the kernel's sum
-    return PreparedOperand(tile_kn(b, layout_k, layout_n), colsum, n, k, layout_k, layout_n)
+    return PreparedOperand(tile_kn(b, layout_k, layout_n), _colsum(b, layout_n, unsigned_a), n, k, layout_k, layout_n)
+
+
+def in_place_operand(b: torch.Tensor, layout_k: int, layout_n: int, unsigned_a: bool) -> InPlaceOperand:
+    k, n = b.shape
+    return InPlaceOperand(None, _colsum(b, layout_n, unsigned_a), n, k, layout_k, layout_n, b)
 
 
 class _Token:
@@ -133,6 +161,7 @@ class IntMmRunner:
         self.runtime = runtime
         self.op = INT_MM
         self.layout = (cfg.weight_layout.block_k, cfg.weight_layout.block_n)
+        self.operand_cache = cfg.operand_cache
         self.router = Router(cfg.routing, cfg.padding)
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}
         self.pytorch = PytorchKernel(INT_MM, cfg.routing)
@@ -141,7 +170,7 @@ class IntMmRunner:
         self.kernel = InterpretedKernel(int_mm_kernel) if runtime.execution == "interpreter" else int_mm_kernel
         self._tokens = WeakIdKeyDictionary()     # tensor -> _Views
         self._lock = threading.Lock()
-        self.uncached = CallCounter()            # calls whose operand was tiled for the call only
+        self.uncached = CallCounter()            # calls whose operand was read in place, not cached
         self.dot_fallbacks: dict[str, str] = {}
 
     # -- dispatcher entry points ----------------------------------------
@@ -183,9 +212,9 @@ class IntMmRunner:
     # -- the second operand -----------------------------------------------
     def _operand(self, b: torch.Tensor, unsigned_a: bool) -> PreparedOperand:
         layout_k, layout_n = self.layout
-        if b.is_inference():                     # no version counter: never cached
+        if not self.operand_cache or b.is_inference():   # inference tensors have no version counter
             self.uncached.increment()
-            return tile_operand(b, layout_k, layout_n, unsigned_a)
+            return in_place_operand(b, layout_k, layout_n, unsigned_a)
         base = b._base
         if (base is None or base.dtype != b.dtype
                 or base.data_ptr() - base.storage_offset() * base.element_size()
@@ -195,12 +224,12 @@ class IntMmRunner:
         view = (b.storage_offset(), tuple(b.shape), tuple(b.stride()), b.data_ptr())
         views = self._views_of(base, version)
         token = views.tokens.get(view)
-        if token is None:                        # first use of this state: tile for the call only
+        if token is None:                        # first use of this state: read in place, not cached
             if len(views.tokens) >= _SEEN_MAX:
                 views.tokens.clear()
             views.tokens[view] = _Token(base, view)
             self.uncached.increment()
-            return tile_operand(b, layout_k, layout_n, unsigned_a)
+            return in_place_operand(b, layout_k, layout_n, unsigned_a)
         # The token owns the entry: it dies (and the entry with it) when the tensor dies or is written.
         return self.runtime.weight(token, ("int_mm", layout_k, layout_n, unsigned_a), INT_MM, token)
 
@@ -242,9 +271,18 @@ class IntMmRunner:
         return {"uncached_operands": self.uncached.value, "dot_fallbacks": dict(self.dot_fallbacks)}
 
 
+# How PyTorch's messages name a dtype (its C++ type name).
+_CPP_NAMES = {torch.int8: "signed char", torch.uint8: "unsigned char", torch.int16: "short int", torch.int32: "int",
+              torch.int64: "long int", torch.float32: "float", torch.float64: "double", torch.bool: "bool",
+              torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16"}
+
+
 def _check(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> None:
     """PyTorch's CPU checks, with its messages (torch 2.13 ``int_mm_out_cpu``)."""
     name = "int_mm_out_cpu"
+
+    def dtype(t):
+        return _CPP_NAMES.get(t.dtype, str(t.dtype))
     if a.dim() != 2:
         raise RuntimeError(f"{name}: Expected self to be of dimension 2 but got {a.dim()}")
     if b.dim() != 2:
@@ -252,12 +290,12 @@ def _check(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> None:
     if a.shape[1] != b.shape[0]:
         raise RuntimeError(f"{name}: self.size(1) needs to match mat2.size(0) but got {a.shape[1]} and {b.shape[0]}")
     if a.dtype not in (torch.int8, torch.uint8):
-        raise RuntimeError(f"{name}: Expected self dtype to be int8 or uint8 but got {a.dtype}")
+        raise RuntimeError(f"{name}: Expected self dtype to be int8 or uint8 but got {dtype(a)}")
     if b.dtype != torch.int8:
-        raise RuntimeError(f"{name}: Expected mat2 dtype to be of type int8 but got {b.dtype}")
+        raise RuntimeError(f"{name}: Expected mat2 dtype to be of type int8 but got {dtype(b)}")
     if out is not None:
         if out.dtype != torch.int32:
-            raise RuntimeError(f"{name}: Expected result dtype to be of type kInt but got {out.dtype}")
+            raise RuntimeError(f"{name}: Expected result dtype to be of type kInt but got {dtype(out)}")
         for dim, size in enumerate((a.shape[0], b.shape[1])):
             if out.dim() <= dim or out.shape[dim] != size:
                 got = out.shape[dim] if out.dim() > dim else "none"

@@ -101,7 +101,8 @@ def qlinear_kernel(
             # uint8 q = clamp(r + zp, 0, 255), stored shifted by -128 as int8.
             q = (tl.minimum(tl.maximum(r + x_zp, 0.0), UMAX) - 128.0).to(tl.int8)
             if not EVEN_K:  # a masked-off x of 0 quantizes to zp - 128, not 0
-                q = tl.where(((k0 + rk) < K)[None, :], q, 0)
+                # (Triton 3.0 promotes where(int8, 0) to int32: cast back for tl.dot)
+                q = tl.where(((k0 + rk) < K)[None, :], q, 0).to(tl.int8)
         else:
             q = tl.minimum(tl.maximum(r, -QMAX), QMAX).to(tl.int8)
         w_off = (k0 // LAYOUT_K) * LAYOUT_BLOCKS_N * (LAYOUT_K * LAYOUT_N) + (k0 % LAYOUT_K) * LAYOUT_N
@@ -133,6 +134,17 @@ def qlinear_kernel(
         tl.store(out, y, mask=m_ok[:, None] & (rn < N)[None, :])
 
 
+# qlinear_kernel's parameters: those a launch passes at run time, then the
+# constexprs, which a plan passes positionally too, in the kernel's own order
+# (cheaper than keywords on every launch, compiled or interpreted).
+_RUNTIME_ARGS = ("x_ptr", "w_ptr", "w_scale_ptr", "w_zp_ptr", "w_colsum_ptr", "bias_ptr", "out_ptr",
+                 "M", "N", "K", "LAYOUT_BLOCKS_N", "stride_xm", "stride_xk", "stride_om",
+                 "x_scale_arg", "x_inv_scale", "x_zp")
+_PARAMS = tuple(qlinear_kernel.arg_names)
+assert _PARAMS[:len(_RUNTIME_ARGS)] == _RUNTIME_ARGS, _PARAMS    # LaunchPlan passes these in this order
+_CONSTEXPRS = _PARAMS[len(_RUNTIME_ARGS):]
+
+
 class LaunchPlan:
     """Everything of a ``qlinear_kernel`` launch fixed by (prepared weight, tiles,
     kernel variant, activation scheme, ReLU), worked out once: the weight's
@@ -145,7 +157,7 @@ class LaunchPlan:
     (with ``colsum`` when ``act`` is ``ACT_PYTORCH``).
     """
 
-    __slots__ = ("block_m", "n", "k", "grid_n", "w_args", "sizes", "consts")
+    __slots__ = ("block_m", "n", "k", "grid_n", "w_args", "sizes", "consts", "tails")
 
     def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu):
         n, k = weight.n, weight.k
@@ -165,6 +177,7 @@ class LaunchPlan:
         )
         # Indexed by ``m % block_m == 0``.
         self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})
+        self.tails = tuple(tuple(c[name] for name in _CONSTEXPRS) for c in self.consts)
 
     def __call__(self, kernel, x2d, m, stride_xm, stride_xk, out, x_scale=1.0, x_inv_scale=1.0, x_zp=0):
         """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) for ``x2d``
@@ -173,7 +186,7 @@ class LaunchPlan:
         n, k, blocks_n = self.sizes
         kernel[(-(-m // bm), self.grid_n)](
             x2d, *self.w_args, out, m, n, k, blocks_n, stride_xm, stride_xk, n,
-            x_scale, x_inv_scale, x_zp, **self.consts[m % bm == 0])
+            x_scale, x_inv_scale, x_zp, *self.tails[m % bm == 0])
         return out
 
 

@@ -10,7 +10,8 @@ from opregistry.backends.common.packaged import packaged_config, require_routing
 from opregistry.backends.common.packaged import packaged_devices as common_packaged_devices
 from opregistry.backends.common.plugin import RuntimePlugin
 
-from .device import detect_device, read_cpuinfo, triton_cpu_status
+from .device import (compiled_unavailable_reason, detect_device, read_cpuinfo, triton_cpu_status,
+                     warn_if_proxy)
 from .config import INT_MM, read_op_config
 
 NAME = "arm"
@@ -33,16 +34,25 @@ class ArmPlugin(RuntimePlugin):
     @hookimpl
     def opregistry_backend_availability(self, backend):
         status = triton_cpu_status()
-        if status.active:
+        reason = compiled_unavailable_reason("auto", status)
+        if reason is None:
             return Availability(True)
         usable, detail = interpreter_status()
         fallback = ("execution='interpreter' runs the kernels for validation only" if usable
                     else f"nor can it run interpreted: {detail}")
+        if status.active:       # Triton-CPU here, but auto does not select it on this host
+            return Availability(False, f"{reason.removeprefix('arm backend: ')} {fallback}")
         return Availability(False, f"{status.detail}; {fallback}")
 
     @hookimpl
     def opregistry_packaged_config(self, backend, device):
         return packaged_config(NAME, device or detect_device(read_cpuinfo()))
+
+    @hookimpl
+    def opregistry_register_commands(self, subparsers):
+        from .cli import add_commands   # `opregistry warmup`, `opregistry asm`
+
+        add_commands(subparsers)
 
     @hookimpl
     def opregistry_op_config(self, backend, op, settings):
@@ -67,10 +77,7 @@ def _check_execution(mode: str) -> None:
         if not usable:
             raise BackendUnavailable(f"arm backend: {detail}")
         return
-    status = triton_cpu_status()
-    if not status.active:
-        raise BackendUnavailable(
-            f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
-            "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
-            "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
-            "(slow; for validation).")
+    reason = compiled_unavailable_reason(mode)
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    warn_if_proxy()

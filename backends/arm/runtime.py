@@ -24,7 +24,9 @@ from opregistry.backends.common.stub import StubKernel
 from opregistry.backends.common.weights import WeightCache
 
 from .config import INT_MM, KERNELS  # noqa: F401 - re-exported
-from .device import triton_cpu_status
+from .device import compiled_unavailable_reason, triton_cpu_status
+from .fallback import min_dot_size_rejection
+from .prequant import PREQUANT_KERNEL, PrequantPlan
 from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, LaunchPlan, qlinear_kernel
 from .int_mm import IntMmRunner, prepare_operand
 from .layout import PreparedWeight, prepare_weight
@@ -56,14 +58,17 @@ class Prepared:
 
 class _Call:
     """M rows on one prepared weight through one runner: the rule's launch plan,
-    the rows launched (M padded to the rule's block_m when it pads) and the
-    routing counters to bump (dispatcher calls, module fast-path calls)."""
+    the rows launched (M padded to the rule's block_m when it pads), the routing
+    counters to bump (dispatcher calls, module fast-path calls) and, when the
+    module fast path may launch it directly (no padding, a Triton rule), the
+    output's shape."""
 
-    __slots__ = ("rule", "plan", "m_run", "count", "count_fast")
+    __slots__ = ("rule", "plan", "m_run", "count", "count_fast", "direct_shape")
 
-    def __init__(self, rule, plan: LaunchPlan | None, m_run: int, count, count_fast):
+    def __init__(self, rule, plan: LaunchPlan | None, m: int, m_run: int, n: int, count, count_fast):
         self.rule, self.plan, self.m_run = rule, plan, m_run
         self.count, self.count_fast = count, count_fast
+        self.direct_shape = (m, n) if plan is not None and m_run == m else None
 
 
 class _Sum:
@@ -95,9 +100,12 @@ class OpRunner:
         self.pytorch = PytorchKernel(op, cfg.routing)                # rules with kernel: pytorch
         self.receive_original = self.pytorch.receive_original        # OpKernel field
 
+    @torch.compiler.disable
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
         """The dispatcher entry point. ``reduce_range`` matters only in ``pytorch``
-        mode (7-bit activations where PyTorch's kernel for this weight applies it)."""
+        mode (7-bit activations where PyTorch's kernel for this weight applies it).
+        Never traced by Dynamo: under ``torch.compile`` the op is an opaque call (its
+        packed-weight argument is a ScriptObject), which runs this eagerly."""
         return self.run(x, w_prepack, reduce_range=reduce_range)
 
     def routing_counts(self) -> dict[str, int]:
@@ -143,7 +151,8 @@ class OpRunner:
         if call is None:
             route = self.router.route(m)
             rule = route.rule
-            call = _Call(rule, self.runtime.plan(p, rule, route.use_dot, self.act, self.relu), route.m_run,
+            use_dot = route.use_dot or rule.kernel == PREQUANT_KERNEL
+            call = _Call(rule, self.runtime.plan(p, rule, use_dot, self.act, self.relu), m, route.m_run, p.n,
                          self.counts[rule.name].increment, self.fast_counts[rule.name].increment)
             if len(calls) >= CALL_MEMO_MAX:
                 calls.clear()
@@ -205,16 +214,22 @@ class OpRunner:
             if x.dtype is f32 and len(shape) == 2:
                 m, k = shape
                 call = p.calls[relu].get(m)
-                if call is not None and call.m_run == m and k == p.k:
-                    out = empty((m, p.n), dtype=f32)
+                if call is not None and k == p.k and (out_shape := call.direct_shape) is not None:
+                    out = empty(*out_shape)       # ~1 us less than with dtype=; checked below instead
+                    if out.dtype is not f32:      # torch.set_default_dtype changed the default
+                        out = empty(out_shape, dtype=f32)
                     qparams = () if per_row else tensor_qparams(x, reduce_range)
                     if qparams is None:
                         out.fill_(nan)
                     else:
-                        runtime.launch(call, p, x, out, qparams)
+                        try:
+                            call.plan(runtime.kernel, x, m, *x.stride(), out, *qparams)
+                        except Exception:      # noqa: BLE001 - launch() retries, falls back or raises
+                            runtime.launch(call, p, x, out, qparams)
                     call.count_fast()
                     return out
-            return run(x, packed, params, reduce_range, fast=True)
+            # The module's own reduce_range: a kernel: pytorch rule hands it to PyTorch's kernel as is.
+            return run(x, packed, params, (version := module.version) is not None and version >= 4, fast=True)
 
         handler.calls = self.fast_calls
         return handler
@@ -257,8 +272,9 @@ class ArmRuntime:
         key = (relu, rule.name, use_dot)
         plan = p.plans.get(key)
         if plan is None:
-            plan = p.plans[key] = LaunchPlan(p.weight, block_m=rule.block_m, block_n=rule.block_n,
-                                             block_k=rule.block_k, use_dot=use_dot, act=act, relu=relu)
+            make = PrequantPlan if rule.kernel == PREQUANT_KERNEL else LaunchPlan   # prequant.py
+            plan = p.plans[key] = make(p.weight, block_m=rule.block_m, block_n=rule.block_n,
+                                       block_k=rule.block_k, use_dot=use_dot, act=act, relu=relu)
         return plan
 
     def launch(self, call, p: Prepared, x2d, out, qparams: tuple) -> None:
@@ -268,10 +284,13 @@ class ArmRuntime:
             plan(self.kernel, x2d, x2d.shape[0], *x2d.stride(), out, *qparams)
         except Exception as exc:
             # Some Triton-CPU builds reject tl.dot with M < 4 (and GPUs below 16).
-            # Re-route that rule to the dot-free variant once, loudly, not per call;
-            # if that fails too, the original error is the one to see.
+            # Re-route that rule to the dot-free variant once, loudly, not per call,
+            # and only on that rejection (fallback.py); if the gemv fails too, the
+            # original error is the one to see.
             rule = call.rule
-            if not plan.consts[0]["USE_DOT"] or self.execution != "compiled":
+            cause = (min_dot_size_rejection(exc, rule.block_m, rule.block_n, rule.block_k)
+                     if plan.consts[0]["USE_DOT"] and self.execution == "compiled" else None)
+            if cause is None:
                 raise
             gemv = self.plan(p, rule, False, plan.consts[0]["ACT"], plan.consts[0]["RELU"])
             try:
@@ -280,8 +299,7 @@ class ArmRuntime:
                 raise exc from None
             call.plan = gemv
             if rule.name not in self.dot_fallbacks:
-                reason = (f"the compiler rejected tl.dot with tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                reason = f"the compiler rejected tl.dot with tiles {rule.block_m}x{rule.block_n}x{rule.block_k}: {cause}"
                 self.dot_fallbacks[rule.name] = reason
                 warnings.warn(f"arm backend: routing rule {rule.name!r} now uses the gemv kernel; {reason}",
                               RuntimeWarning, stacklevel=2)
@@ -320,11 +338,8 @@ def _resolve_execution(mode: str):
     if mode == "interpreter":
         return "interpreter", InterpretedKernel(qlinear_kernel), (
             "Triton interpreter: validates the kernel source on any host; not for speed")
-    if status.active:
+    reason = compiled_unavailable_reason(mode, status)   # auto: compiled only on aarch64 (device.py)
+    if reason is None:
         log.info("arm backend: %s", status.detail)
         return "compiled", qlinear_kernel, status.detail
-    raise BackendUnavailable(
-        f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
-        "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
-        "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
-        "(slow; for validation).")
+    raise BackendUnavailable(reason)

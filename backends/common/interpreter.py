@@ -24,9 +24,15 @@ from contextlib import contextmanager
 _MISSING = object()
 
 
-# Oldest triton whose interpreter runs these kernels with numpy 2.x (3.6 fails on
-# `range(0, tl.cdiv(K, BK))`; 3.7.1 and 3.9 measured to work, 2026-11-30).
+# Oldest triton whose interpreter runs these kernels with numpy 2.x: 3.7.1 and 3.9
+# measured to work (2026-11-30). Older ones do not, measured with numpy 2.4:
+# 3.6 fails on `range(0, tl.cdiv(K, BK))` ("only 0-dimensional arrays can be
+# converted"); 3.0 (PyPI's, and Triton-CPU `legacy`, which shares its interpreter)
+# fails the same way and, past that, loses every store (outputs stay zero; with
+# numpy 1.26 stores work) and PyPI 3.0's tl.dot asserts tiles of >= 16 rows.
 MIN_TRITON = (3, 7)
+OLDER_INTERPRETERS = ("Triton < 3.7's interpreter does not run these kernels with numpy 2.x (3.0, including "
+                      "Triton-CPU legacy's: scalar loop bounds fail, stores are lost)")
 
 
 def interpreter_status() -> tuple[bool, str]:
@@ -36,16 +42,17 @@ def interpreter_status() -> tuple[bool, str]:
     try:
         found = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
-        return False, ("execution='interpreter' needs triton >= 3.7 and none is installed: "
-                       "pip install 'opregistry[interpreter]' (on a CPU-only torch)")
+        return False, (f"execution='interpreter' needs triton >= {'.'.join(map(str, MIN_TRITON))} and none is "
+                       "installed: pip install 'opregistry[interpreter]' (on a CPU-only torch)")
     try:
         numbers = tuple(int(part) for part in found.split("+")[0].split(".")[:2])
     except ValueError:
         numbers = (0, 0)
     if numbers < MIN_TRITON:
         return False, (f"execution='interpreter' needs triton >= {'.'.join(map(str, MIN_TRITON))}, found triton "
-                       f"{found} (a Triton-CPU build or an older PyPI release); use execution='compiled' with "
-                       "Triton-CPU, or run the interpreter in an environment with PyPI's triton >= 3.7")
+                       f"{found} (a Triton-CPU build or an older PyPI release; {OLDER_INTERPRETERS}); use "
+                       "execution='compiled' with Triton-CPU, or run the interpreter in another environment: "
+                       "pip install 'opregistry[interpreter]'")
     try:
         from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
     except Exception as exc:  # noqa: BLE001

@@ -82,7 +82,7 @@ def bind(jit_fn, grid: tuple[int, ...], args: tuple, kwargs: dict):
         return None
     launcher, rec, rec_kw = box[0]
     names = list(getattr(jit_fn, "arg_names", []))
-    if rec_kw or len(rec) != _HEADER + len(names) or any(h is not None for h in rec[6:9]):
+    if rec_kw or len(rec) != _HEADER + len(names) or not (_no_hook(rec[7]) and _no_hook(rec[8])):
         return None          # another launcher convention, or launch hooks are set: keep the JIT path
     g = tuple(grid) + (1,) * (3 - len(grid))
     if tuple(rec[0:3]) != g:
@@ -92,6 +92,11 @@ def bind(jit_fn, grid: tuple[int, ...], args: tuple, kwargs: dict):
         return None          # the leading arguments are not passed through in order
     return BoundKernel(launcher, g, rec[4], rec[5], tuple(kernel_args[len(args):]), len(args),
                        getattr(jit_fn, "__name__", "kernel"))
+
+
+def _no_hook(hook) -> bool:
+    """``None`` (Triton <= 3.4) or an empty ``HookChain`` (3.5+): nothing to call at launch."""
+    return hook is None or (hasattr(hook, "calls") and not hook.calls)
 
 
 def current_stream(index: int) -> int:

@@ -41,6 +41,7 @@ QUANT_CHUNK = 2048                # ... of this many columns (the row's absmax i
 QUANT_SCAN_ONCE_MAX = 32768       # ... when the whole row fits in one load (<= 64 fp32 per thread)
 QUANT_PREFILL_SCAN_ONCE_MAX = 4096  # larger M: one load per row up to this K, else a loop ...
 QUANT_BLOCK_K = 1024              # ... of this K tile (small programs, many per SM)
+QUANT_PROGRAMS = 128              # small M: at most about this many prepass programs (see prepass_shape)
 SMEM_PER_SM = 228 * 1024    # H100 / H200; the occupancy estimate of the stream-K grid
 STREAMK_MAX_PER_SM = 4      # stream-K programs per SM at most
 SCAN_BLOCK_K_MAX = 512      # K tile of the fused kernels' absmax scan
@@ -114,14 +115,25 @@ class OpRunner:
                              f"{rt.device_type} device, got X on {x.device} (shape {list(x.shape)}, {x.dtype})")
         w = rt.weight(w_prepack, x.device, self.op, owner)
         check_activation(x, w.k, self.op)
-        x2d = x.reshape(-1, w.k)
+        two_d = x.dim() == 2
+        x2d = x if two_d else x.reshape(-1, w.k)
         m = x2d.shape[0]
         if m == 0:
             return x.new_empty((*x.shape[:-1], w.n))
         rule = self.rule_for(m, w)
         self.counts[rule.name].increment()
         out = rt.linear(x2d, w, rule, self.per_row, self.relu)
-        return out if x.dim() == 2 else out.view(*x.shape[:-1], w.n)
+        return out if two_d else out.view(*x.shape[:-1], w.n)
+
+
+@dataclass(frozen=True)
+class _Ptrs:
+    """A weight's device addresses (ints), shaped like :class:`CudaWeight` for ``Plan._args``."""
+
+    w: int
+    scale: int
+    zero_point: int | None
+    bias: int | None
 
 
 class _Launch:
@@ -152,6 +164,7 @@ class Plan:
     def __init__(self, rt: "CudaRuntime", w: CudaWeight, rule, m: int, per_row: bool, relu: bool,
                  stride_xm: int, stride_xk: int, device: torch.device):
         kern = rt.kernels
+        self.rule = rule
         self.m, self.n, self.k, self.kp = m, w.n, w.k, w.kp
         self.device = device
         self.index = device.index if device.type == "cuda" else -1
@@ -159,6 +172,7 @@ class Plan:
         self.w = w
         self.sxm, self.sxk = stride_xm, stride_xk
         self.relu_after = False
+        self.ptrs = None
         self.launches: list[_Launch] = []
         warps = rule.num_warps or DEFAULT_NUM_WARPS
         stages = rule.num_stages or DEFAULT_NUM_STAGES
@@ -208,14 +222,7 @@ class Plan:
         # the prepass
         k = w.k
         n_out = w.n if zero_out else 0
-        if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
-            block_k, scan_once, qblock = _next_pow2(k), True, QUANT_CHUNK
-            chunks = 1 if has_wzp else triton_cdiv(w.kp, QUANT_CHUNK)
-        elif k <= QUANT_PREFILL_SCAN_ONCE_MAX:
-            block_k, scan_once, chunks = _next_pow2(k), True, 1
-            qblock = block_k
-        else:
-            block_k, scan_once, qblock, chunks = QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
+        block_k, scan_once, qblock, chunks = prepass_shape(m, k, w.kp, has_wzp)
         self.chunk_k = triton_cdiv(triton_cdiv(w.kp, chunks), 16) * 16
         self.chunk_n = triton_cdiv(n_out, chunks)
         self.n_out = n_out
@@ -226,19 +233,25 @@ class Plan:
         self.launches = [_Launch(kern.quantize, (m, chunks, 1), qkw), gemm]
 
     # -- arguments -------------------------------------------------------
-    def _args(self, x, absmax, out, xq, xs, rs):
+    def _pointers(self):
+        """The weight's device addresses as ints (direct launches; the plan lives with the weight)."""
         w = self.w
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        return _Ptrs(ptr(w.w), ptr(w.scale), ptr(w.zero_point), ptr(w.bias))
+
+    def _args(self, x, absmax, out, xq, xs, rs, w=None):
+        w = w or self.w
         if self.kind in ("gemv_fused", "dot_fused"):
             return ((x, absmax, w.w, w.scale, w.zero_point, w.bias, out,
-                     self.m, self.n, self.k, self.kp, self.sxm, self.sxk, w.w.stride(0), self.n),)
+                     self.m, self.n, self.k, self.kp, self.sxm, self.sxk, self.kp, self.n),)
         quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.k, self.kp, self.n_out,
                  self.chunk_k, self.chunk_n, self.sxm, self.sxk, self.kp, self.n if self.zero_out else 0)
         if self.kind == "dot_streamk":
             gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
-                    self.m, self.n, self.kp, self.kp, w.w.stride(0), self.n)
+                    self.m, self.n, self.kp, self.kp, self.kp, self.n)
         else:
             gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
-                    self.m, self.n, self.kp, self.split, self.kp, w.w.stride(0), self.n)
+                    self.m, self.n, self.kp, self.split, self.kp, self.kp, self.n)
         return quant, gemm
 
     def __call__(self, x: torch.Tensor, absmax, fast: bool) -> torch.Tensor:
@@ -246,13 +259,25 @@ class Plan:
         launches = self.launches
         if fast and launches[-1].bound is not None and launches[0].bound is not None:
             stream = current_stream(self.index)
+            ptrs = self.ptrs
+            if ptrs is None:
+                ptrs = self.ptrs = self._pointers()
+            xp, op = x.data_ptr(), out.data_ptr()
+            ap = None if absmax is None else absmax.data_ptr()
             if self.ws_bytes:
-                p = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device).data_ptr()
-                args = self._args(x, absmax, out, p, p + self.xs_off, p + self.rs_off if self.has_wzp else None)
+                ws = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device)
+                p = ws.data_ptr()
+                args = self._args(xp, ap, op, p, p + self.xs_off, p + self.rs_off if self.has_wzp else None, ptrs)
             else:
-                args = self._args(x, absmax, out, None, None, None)
-            for launch, a in zip(launches, args):
-                launch.bound(stream, *a)
+                args = self._args(xp, ap, op, None, None, None, ptrs)
+            try:
+                for launch, a in zip(launches, args):
+                    launch.bound(stream, *a)
+            except (TypeError, ValueError, OverflowError):
+                # the launcher refused the arguments (raised before launching): Triton's own path from now on
+                for launch in launches:
+                    launch.bound = None
+                return self(x, absmax, False)
         else:
             if self.ws_bytes:
                 ws = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device)
@@ -315,7 +340,7 @@ class CudaRuntime:
     # -- the op ----------------------------------------------------------
     def linear(self, x2d: torch.Tensor, w: CudaWeight, rule, per_row: bool, relu: bool) -> torch.Tensor:
         """``y = dequant(quant(x2d) @ W^T) (+bias) (ReLU)`` for ``x2d [M, K]`` fp32, any strides."""
-        if x2d.device.type == "cuda" and x2d.device.index != torch.cuda.current_device():
+        if x2d.is_cuda and x2d.get_device() != torch._C._cuda_getDevice():
             with torch.cuda.device(x2d.device):
                 return self._linear(x2d, w, rule, per_row, relu)
         return self._linear(x2d, w, rule, per_row, relu)
@@ -324,11 +349,13 @@ class CudaRuntime:
         m = x2d.shape[0]
         sxm, sxk = x2d.stride()
         fast = self.fast_launch and self.execution == "compiled"
-        key = (rule, m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
+        # id(rule): hashing the frozen rule dataclass costs ~1 us a call; the plan keeps the rule
+        # and is rebuilt if another rule ever takes that id
+        key = (id(rule), m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
                self._stubbed)
         plans = w.plans
         plan = plans.get(key)
-        if plan is None:
+        if plan is None or plan.rule is not rule:
             plan = Plan(self, w, rule, m, per_row, relu, sxm, sxk, x2d.device)
             if len(plans) >= PLAN_MEMO_MAX:
                 plans.clear()
@@ -348,14 +375,7 @@ class CudaRuntime:
         if per_row is False and absmax is None:
             absmax = x2d.abs().amax().reshape(1)
         n_out = 0 if zero_out is None else zero_out.shape[1]
-        if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
-            block_k, scan_once, qblock = _next_pow2(k), True, QUANT_CHUNK
-            chunks = 1 if want_rowsum else triton_cdiv(kp, QUANT_CHUNK)
-        elif k <= QUANT_PREFILL_SCAN_ONCE_MAX:
-            block_k, scan_once, chunks = _next_pow2(k), True, 1
-            qblock = block_k
-        else:
-            block_k, scan_once, qblock, chunks = QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
+        block_k, scan_once, qblock, chunks = prepass_shape(m, k, kp, want_rowsum)
         chunk_k = triton_cdiv(triton_cdiv(kp, chunks), 16) * 16
         chunk_n = triton_cdiv(n_out, chunks)
         self.kernels.quantize[(m, chunks)](
@@ -397,6 +417,22 @@ class CudaRuntime:
             "weight_cache": self.cache.stats(),
             "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
         }
+
+
+def prepass_shape(m: int, k: int, kp: int, want_rowsum: bool) -> tuple[int, int, int, int]:
+    """``(BLOCK_K, SCAN_ONCE, QBLOCK, chunks)`` of the prepass for M rows of K (padded Kp).
+
+    Small M: the whole row in one load, its quantization split over chunks of
+    ``QUANT_CHUNK`` columns so that a decode row's divisions run on several SMs;
+    each chunk re-reads the row for the absmax, so the chunks are capped at about
+    ``QUANT_PROGRAMS`` programs in all (at M = 64, K = 18944 on an H200: 640 programs
+    took 17 us, the re-reads being 48 MB). Larger M: one program per row."""
+    if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
+        chunks = 1 if want_rowsum else max(1, min(triton_cdiv(kp, QUANT_CHUNK), QUANT_PROGRAMS // m))
+        return _next_pow2(k), True, QUANT_CHUNK, chunks
+    if k <= QUANT_PREFILL_SCAN_ONCE_MAX:
+        return _next_pow2(k), True, _next_pow2(k), 1
+    return QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
 
 
 def split_k_for(tiles: int, k_blocks: int, target_programs: int) -> int:

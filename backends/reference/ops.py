@@ -17,11 +17,17 @@ point ``zw[n]``, per tensor or per output channel):
 inside int16; int32 accumulation of int8 x int8 cannot saturate that way, so
 it is accepted and ignored here (as qnnpack does).
 
-``activation_scale: pytorch`` instead reproduces PyTorch's own (fbgemm/x86)
-activation quantization: per-tensor asymmetric uint8 with PyTorch's choice of
-scale and zero point (7-bit when ``reduce_range``), see
-:mod:`backends.common.pytorch_qparams`; the sum is the same exact integer math
-on ``(q - zp_x)``, never fbgemm's int16 saturation.
+``activation_scale: pytorch`` instead reproduces PyTorch's own activation
+quantization: per-tensor asymmetric uint8 with PyTorch's choice of scale and
+zero point, see :mod:`backends.common.pytorch_qparams`; the sum is the same
+exact integer math on ``(q - zp_x)``, never fbgemm's int16 saturation. With
+``reduce_range`` the activations are 7-bit where PyTorch's own kernel for the
+packed weight makes them so: the engine that **packed** the weight decides
+(fbgemm, x86 and onednn apply it, qnnpack ignores it), as in PyTorch, whose op
+dispatches on the packed weight's class. :func:`linear_dynamic` asks PyTorch's
+kernel for each call's weight (``reduce_range_applies``); the arm backend asks
+once per prepared weight. :func:`linear_from_unpacked` takes the decision as
+given (an unpacked weight has no engine).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import math
 import torch
 
 from opregistry.backends.common import LINEAR_DYNAMIC, UnpackedWeight, check_activation, unpack_weight
-from opregistry.backends.common.pytorch_qparams import choose_qparams
+from opregistry.backends.common.pytorch_qparams import choose_qparams, reduce_range_applies
 
 QMAX = 127
 
@@ -84,5 +90,9 @@ def linear_from_unpacked(x: torch.Tensor, w: UnpackedWeight, relu: bool = False,
 
 def linear_dynamic(x: torch.Tensor, w_prepack, reduce_range: bool = False, *, relu: bool = False,
                    activation_scale: str = "per_row") -> torch.Tensor:
-    """``quantized::linear_dynamic`` under the project's contract."""
-    return linear_from_unpacked(x, unpack_weight(w_prepack, LINEAR_DYNAMIC), relu, activation_scale, reduce_range)
+    """``quantized::linear_dynamic`` under the project's contract (``reduce_range``
+    as PyTorch's own kernel for ``w_prepack`` applies it, in ``pytorch`` mode)."""
+    w = unpack_weight(w_prepack, LINEAR_DYNAMIC)
+    if activation_scale == "pytorch" and reduce_range:
+        reduce_range = reduce_range_applies(w_prepack, w.in_features)
+    return linear_from_unpacked(x, w, relu, activation_scale, reduce_range)

@@ -1,0 +1,197 @@
+"""Assembly audit of the ARM kernels without ARM hardware (``opregistry asm``).
+
+Triton-CPU keeps each compiled kernel's LLVM IR (``*.llir``) in its cache.
+This audit compiles every routing variant of every packaged ARM table with the
+Triton-CPU of this process (into a private cache directory, one variant at a
+time, so each new ``.llir`` is known to belong to one rule), then hands the IR
+to LLVM's ``llc`` for ``aarch64`` with ``+sve2,+i8mm,+dotprod`` and counts the
+instructions that matter for int8 GEMM: ``smmla``/``ummla``/``usmmla`` (i8mm),
+``sdot``/``udot``/``usdot`` (dotprod), widening multiplies, vector loads and
+stores, and stack spills/reloads. The host's own assembly (what Triton-CPU
+emitted for this machine) is counted too (x86: ``vpdpbusd``, ``vpmaddwd``,
+``vpmulld``).
+
+A kernel whose int8 ``tl.dot`` lowers to ``smmla``/``sdot`` shows them here; a
+change that silently loses them (a fork once regressed 21.6x that way) shows
+zero. IR that cannot be retargeted is reported with llc's own message (x86-only
+intrinsics, data layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+AARCH64_TRIPLE = "aarch64-unknown-linux-gnu"
+AARCH64_ATTRS = "+sve2,+i8mm,+dotprod"
+
+AARCH64_COUNTS = {
+    "smmla": r"\b(?:s|u|us)mmla\b",
+    "sdot": r"\b(?:s|u|us|su)dot\b",
+    "widening_mul": r"\b(?:s|u)mull2?\b|\b(?:s|u)mlal2?\b|\bmul\s+(?:v|z)\d",
+    "vector_loads": r"\b(?:ld1[a-z]*|ld[234]|ldr|ldp|ldur)\s+(?:q|z|d|v)\d",
+    "vector_stores": r"\b(?:st1[a-z]*|st[234]|str|stp|stur)\s+(?:q|z|d|v)\d",
+    "spills": r"\b(?:str|stp|stur|st1[a-z]*)\s+[^\n]*\[(?:sp|x29)\b",
+    "reloads": r"\b(?:ldr|ldp|ldur|ld1[a-z]*)\s+[^\n]*\[(?:sp|x29)\b",
+    "instructions": r"^\s+[a-z][a-z0-9.]*\s",
+}
+X86_COUNTS = {
+    "vpdpbusd": r"\bvpdpbusds?\b",          # VNNI u8 x s8 dot product
+    "vpmaddwd": r"\bvpmaddwd\b",            # 16-bit multiply, pairwise add
+    "vpmaddubsw": r"\bvpmaddubsw\b",
+    "vpmulld": r"\bvpmulld\b",              # 32-bit multiply: the generic int8 lowering
+    "tdpbssd": r"\btdpb[su][su]d\b",         # AMX
+    "spills": r"\bmov[a-z0-9]*\s+[^\n]*,\s*-?\d*\(%rsp\)",
+    "instructions": r"^\s+[a-z][a-z0-9]*\s",
+}
+
+
+def count(text: str, patterns: dict) -> dict:
+    return {name: len(re.findall(p, text, flags=re.MULTILINE)) for name, p in patterns.items()}
+
+
+def find_llc() -> str | None:
+    for name in ("llc-19", "llc", "llc-20", "llc-18"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def retarget(llir: str, llc: str, triple: str = AARCH64_TRIPLE, attrs: str = AARCH64_ATTRS,
+             timeout: float = 600) -> tuple[str | None, str]:
+    """``(assembly, note)``: ``llir`` compiled by ``llc`` for ``triple``/``attrs``
+    (the host's triple and data layout dropped first), or ``(None, llc's error)``."""
+    stripped = re.sub(r'^target (datalayout|triple) = ".*"\n', "", llir, flags=re.MULTILINE)
+    # Host CPU/feature attributes (e.g. "target-cpu"="sapphirerapids") do not apply to AArch64.
+    stripped = re.sub(r'"target-(cpu|features)"="[^"]*"', "", stripped)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ll"
+        src.write_text(stripped)
+        out = Path(tmp) / "kernel.s"
+        done = subprocess.run([llc, "-O3", f"-mtriple={triple}", f"-mattr={attrs}", str(src), "-o", str(out)],
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            return None, " | ".join(lines[:3])[:600] or f"llc exited with {done.returncode}"
+        return out.read_text(), ""
+
+
+def _rule_input(rule, k: int):
+    import torch
+
+    m = max(rule.block_m, 1)
+    return torch.randn(m, k)
+
+
+def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep_dir: str | None = None,
+          out=None) -> dict:
+    """Compile and audit every routing rule of the packaged ARM tables (or ``devices``)."""
+    import torch
+
+    from opregistry import registry
+    from opregistry.backends.common import LINEAR_DYNAMIC
+    from opregistry.testing import make_packed
+
+    from .device import triton_cpu_status
+    from .plugin import packaged_devices
+    from .runtime import ArmRuntime
+
+    status = triton_cpu_status()
+    if not status.active:
+        raise RuntimeError(f"the assembly audit compiles with Triton-CPU, which is not usable here: {status.detail}")
+    llc = llc or find_llc()
+    cache = Path(keep_dir or tempfile.mkdtemp(prefix="opregistry-asm-"))
+    cache.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = str(cache)
+    import triton
+
+    report = {"triton": triton.__version__, "llc": llc, "target": f"{AARCH64_TRIPLE} {AARCH64_ATTRS}",
+              "shape": {"k": k, "n": n}, "variants": []}
+    try:
+        packed = make_packed(n, k, bias=True)
+        for device in devices or packaged_devices():
+            cfg = registry.Registry().build_config("arm", device=device, execution="compiled")
+            rt = ArmRuntime(cfg)
+            runner = rt.runners[LINEAR_DYNAMIC]
+            for rule in runner.router.rules:
+                entry = {"device": device, "rule": rule.name, "kernel": rule.kernel,
+                         "tiles": f"{rule.block_m}x{rule.block_n}x{rule.block_k}" if rule.block_m else None}
+                if rule.kernel == "pytorch":
+                    entry["note"] = "PyTorch's own kernel: nothing compiled"
+                    report["variants"].append(entry)
+                    continue
+                before = set(cache.rglob("*.llir"))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    runner(_rule_input(rule, k), packed)
+                entry["fallback"] = rt.dot_fallbacks.get(rule.name)
+                entry["warnings"] = [str(w.message) for w in caught if "validation proxy" not in str(w.message)]
+                new = sorted(set(cache.rglob("*.llir")) - before)
+                entry["kernels"] = [_audit_file(path, llc) for path in new]
+                if not new:
+                    entry["note"] = "no new kernel compiled (an earlier rule compiled the same variant)"
+                report["variants"].append(entry)
+                if out is not None:
+                    print(_line(entry), file=out, flush=True)
+            rt.close()
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = previous
+        if keep_dir is None:
+            shutil.rmtree(cache, ignore_errors=True)
+    report["cache_dir"] = str(cache) if keep_dir else None
+    del torch
+    return report
+
+
+def _audit_file(path: Path, llc: str | None) -> dict:
+    llir = path.read_text()
+    item = {"name": path.stem, "llir_bytes": len(llir),
+            "x86_intrinsics": sorted(set(re.findall(r"@llvm\.x86\.[a-z0-9_.]+", llir)))}
+    host_asm = next((p for p in path.parent.iterdir() if p.suffix in (".asm", ".s") and p.stem == path.stem), None)
+    if host_asm is not None:
+        item["host"] = count(host_asm.read_text(errors="replace"), X86_COUNTS)
+    if llc is None:
+        item["aarch64_error"] = "no llc found (install LLVM: llc-19)"
+        return item
+    asm, note = retarget(llir, llc)
+    if asm is None:
+        item["aarch64_error"] = note
+    else:
+        item["aarch64"] = count(asm, AARCH64_COUNTS)
+    return item
+
+
+def _line(entry: dict) -> str:
+    head = f"{entry['device']:<8} {entry['rule']:<12} {entry['kernel']:<13} {entry['tiles'] or '-':<9}"
+    if entry.get("note") and not entry.get("kernels"):
+        return f"{head} {entry['note']}"
+    parts = []
+    if entry.get("fallback"):
+        parts.append(f"[re-routed to gemv: {entry['fallback']}]")
+    for kern in entry.get("kernels", ()):
+        a = kern.get("aarch64")
+        h = kern.get("host", {})
+        host = (f" host: vpdpbusd {h.get('vpdpbusd', 0)} vpmaddwd {h.get('vpmaddwd', 0)} "
+                f"vpmulld {h.get('vpmulld', 0)} spills {h.get('spills', 0)}") if h else ""
+        if a is None:
+            parts.append(f"{kern['name']}: aarch64 FAILED: {kern.get('aarch64_error')}{host}")
+        else:
+            parts.append(f"{kern['name']}: aarch64 smmla {a['smmla']} sdot {a['sdot']} mul {a['widening_mul']} "
+                         f"vld {a['vector_loads']} vst {a['vector_stores']} spills {a['spills']}/{a['reloads']} "
+                         f"insns {a['instructions']};{host}")
+    return f"{head} " + " || ".join(parts)
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2)
