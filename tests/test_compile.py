@@ -48,3 +48,36 @@ def test_kernel_compiles_for_sm90(block_m, block_k, use_dot, act, with_zp_and_bi
     ptx = kernel.asm["ptx"]
     assert ".entry qlinear_kernel" in ptx
     assert ("mma" in ptx) == use_dot             # int8 tl.dot lowers to tensor-core MMA
+
+
+def compile_prequant(kernel_name, constexprs, types, absent):
+    from opregistry.backends.arm import kernel_prequant
+
+    fn = getattr(kernel_prequant, kernel_name)
+    signature = {**types, **{c: "constexpr" for c in constexprs}}
+    constexprs = dict(constexprs)
+    for name in absent:
+        signature[name] = "constexpr"
+        constexprs[name] = None
+    return triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32))
+
+
+QUANT_TYPES = {"x_ptr": "*fp32", "xq_ptr": "*i8", "scale_ptr": "*fp32", "rowsum_ptr": "*i32", "M": "i32", "K": "i32",
+               "K_PAD": "i32", "stride_xm": "i32", "stride_xk": "i32", "stride_qm": "i32", "x_scale_arg": "fp32",
+               "x_inv_scale": "fp32", "x_zp": "i32"}
+QGEMM_TYPES = {"xq_ptr": "*i8", "scale_ptr": "*fp32", "rowsum_ptr": "*i32", "w_ptr": "*i8", "w_scale_ptr": "*fp32",
+               "w_zp_ptr": "*i32", "w_colsum_ptr": "*i32", "bias_ptr": "*fp32", "out_ptr": "*fp32", "M": "i32",
+               "N": "i32", "K_PAD": "i32", "LAYOUT_BLOCKS_N": "i32", "stride_qm": "i32", "stride_om": "i32",
+               "x_zp": "i32"}
+
+
+@pytest.mark.parametrize("act", [ACT_PER_ROW, ACT_PYTORCH])
+def test_prequant_kernels_compile_for_sm90(act):
+    """dot_prequant: the quantization pass, and a GEMM whose int8 A tile is a plain load."""
+    quant = compile_prequant("quantize_rows_kernel", dict(QBLOCK_K=256, ACT=act, HAS_ROWSUM=True), QUANT_TYPES, [])
+    assert ".entry quantize_rows_kernel" in quant.asm["ptx"]
+    gemm = compile_prequant("qgemm_kernel", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, LAYOUT_K=32, LAYOUT_N=64,
+                                                 EVEN_M=False, EVEN_N=False, ACT=act, HAS_BIAS=True, HAS_WZP=True,
+                                                 RELU=True, USE_DOT=True),
+                            QGEMM_TYPES, [] if act == ACT_PYTORCH else ["w_colsum_ptr"])
+    assert "mma" in gemm.asm["ptx"]

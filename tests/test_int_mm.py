@@ -13,6 +13,7 @@ from opregistry import registry
 
 INT_MM = "aten::_int_mm"
 ARM = {"backend": "arm", "execution": ARM_EXECUTION}   # the interpreter unless --arm-execution=compiled
+CACHED = {INT_MM: {"operand_cache": True}}             # most tests here are about the (opt-in) operand cache
 
 
 def rand_i8(*shape, seed=0, dtype=torch.int8):
@@ -44,7 +45,7 @@ def test_every_m_exact(reg, device, m):
     w = rand_i8(70, 45, seed=100 + m)
     operands = (w.t(), w.t(), w.t().contiguous())      # the second call reads the cached tiles
     expected = [torch._int_mm(a, b) for b in operands]
-    reg.enable(device=device, **ARM)
+    reg.enable(device=device, ops=CACHED, **ARM)
     for b, ref in zip(operands, expected):
         y = torch._int_mm(a, b)
         assert y.dtype == torch.int32 and y.shape == ref.shape
@@ -61,7 +62,7 @@ def test_edge_shapes_exact(reg, k, n):
     a = rand_i8(9, k, seed=k)
     b = rand_i8(n, k, seed=n).t()
     expected = torch._int_mm(a, b)
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     assert torch.equal(torch._int_mm(a, b), expected)
 
 
@@ -71,7 +72,7 @@ def test_strided_and_unsigned_first_operand(reg):
     a_u8 = rand_i8(6, 40, seed=2, dtype=torch.uint8)
     b = rand_i8(33, 40, seed=3).t()
     expected = [torch._int_mm(a_t, b), torch._int_mm(a_u8, b), torch._int_mm(a_u8, b[:, 5:])]
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     for _ in range(2):                                   # read in place, then from the cache
         got = [torch._int_mm(a_t, b), torch._int_mm(a_u8, b), torch._int_mm(a_u8, b[:, 5:])]
         for y, ref in zip(got, expected):
@@ -87,7 +88,7 @@ def test_int32_wraps_like_pytorch(reg):
     assert int(expected) != k * 128 * 128              # it did wrap
     wide = {"weight_layout": {"block_k": 4096, "block_n": 64},    # few K steps: the interpreter is slow
             "routing": [{"kernel": "gemv", "block_m": 1, "block_n": 64, "block_k": 4096}]}
-    reg.enable(device="generic", ops={INT_MM: wide}, **ARM)
+    reg.enable(device="generic", ops={INT_MM: {**wide, "operand_cache": True}}, **ARM)
     for _ in range(2):                                   # read in place, then from the cache
         assert torch.equal(torch._int_mm(a, b), expected)
 
@@ -97,7 +98,7 @@ def test_out_overload(reg):
     a = rand_i8(5, 20, seed=4)
     b = rand_i8(9, 20, seed=5).t()
     expected = torch._int_mm(a, b)
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     out = torch.full((5, 9), 7, dtype=torch.int32)
     assert torch._int_mm(a, b, out=out) is out
     assert torch.equal(out, expected)
@@ -130,7 +131,7 @@ def test_rejects_what_pytorch_rejects(reg, case):
 
     with pytest.raises((RuntimeError, IndexError)) as pytorch_error:
         call()
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     with pytest.raises((RuntimeError, IndexError)) as ours:
         call()
     assert type(ours.value) is type(pytorch_error.value)
@@ -140,7 +141,7 @@ def test_rejects_what_pytorch_rejects(reg, case):
 # -- the second-operand cache ------------------------------------------------
 
 def test_cached_from_second_use(reg):
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     a = rand_i8(4, 40, seed=6)
     w = rand_i8(30, 40, seed=7)
     expected = a.int() @ w.t().int()
@@ -154,13 +155,13 @@ def test_cached_from_second_use(reg):
     st = arm_status(reg)
     assert st[INT_MM]["uncached_operands"] == 4 and st["weight_cache"]["entries"] == 1
     reg.disable()
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     assert arm_status(reg)["weight_cache"]["entries"] == 0
 
 
 @pytest.mark.parametrize("write", ["copy_", "add_", "index", "through_view", "no_grad"])
 def test_in_place_update_is_never_stale(reg, write):
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     a = rand_i8(3, 40, seed=9)
     w = rand_i8(30, 40, seed=10)
     for _ in range(2):                                   # cached now
@@ -185,7 +186,7 @@ def test_in_place_update_is_never_stale(reg, write):
 
 def test_free_and_recreate_is_never_stale(reg):
     """A new weight often lands at the freed one's address: it must not hit the old entry."""
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     a = rand_i8(2, 40, seed=12)
     reused = 0
     previous_ptr = None
@@ -202,7 +203,7 @@ def test_free_and_recreate_is_never_stale(reg):
 
 
 def test_inference_tensors_are_not_cached(reg):
-    reg.enable(device="generic", **ARM)
+    reg.enable(device="generic", ops=CACHED, **ARM)
     with torch.inference_mode():
         a = rand_i8(3, 40, seed=13)
         w = rand_i8(30, 40, seed=14)
@@ -215,7 +216,7 @@ def test_inference_tensors_are_not_cached(reg):
 
 
 def test_cache_stays_within_budget(reg):
-    reg.enable(device="generic", weight_cache={"max_bytes": 6000}, **ARM)   # one 64x64-padded operand is 4096 B
+    reg.enable(device="generic", weight_cache={"max_bytes": 6000}, ops=CACHED, **ARM)   # one 64x64-padded operand is 4096 B
     a = rand_i8(2, 40, seed=15)
     weights = [rand_i8(30, 40, seed=20 + i) for i in range(4)]
     for _ in range(3):
@@ -225,8 +226,9 @@ def test_cache_stays_within_budget(reg):
     assert st["bytes"] <= 6000 and st["evictions"] > 0
 
 
-def test_operand_cache_off_reads_in_place(reg):
-    reg.enable(device="generic", ops={INT_MM: {"operand_cache": False}}, **ARM)
+@pytest.mark.parametrize("ops", [{INT_MM: {"operand_cache": False}}, None], ids=["explicit", "packaged default"])
+def test_operand_cache_off_reads_in_place(reg, ops):
+    reg.enable(device="generic", ops=ops, **ARM) if ops else reg.enable(device="generic", **ARM)
     a = rand_i8(3, 40, seed=16)
     w = rand_i8(30, 40, seed=17)
     for _ in range(3):

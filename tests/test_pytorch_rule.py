@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DQLinear
 
+from conftest import ARM_EXECUTION
 from opregistry import registry
 from opregistry.backends.arm.runtime import ArmRuntime
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 from opregistry.testing import make_packed
 
 INT_MM = "aten::_int_mm"
-ARM = {"backend": "arm", "device": "generic", "execution": "interpreter"}
+ARM = {"backend": "arm", "device": "generic", "execution": ARM_EXECUTION}
 # Decode through our kernel, M >= 8 to PyTorch's.
 ROUTING = [
     {"name": "ours", "when": {"m_max": 7}, "kernel": "gemv", "block_m": 4, "block_n": 64, "block_k": 32,

@@ -13,20 +13,27 @@ import torch
 from conftest import ARM_EXECUTION
 from opregistry import registry
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    torchao_quantization = pytest.importorskip("torchao.quantization")
-
 INT_MM = "aten::_int_mm"
 ARM = {"backend": "arm", "device": "generic", "execution": ARM_EXECUTION}
+CACHED = {INT_MM: {"operand_cache": True}}   # the opt-in operand cache (off in the packaged tables)
+
+
+@pytest.fixture(autouse=True)
+def _torchao():
+    """Imported when these tests run, not at collection (it registers ops and pytree nodes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pytest.importorskip("torchao.quantization")
 
 
 def torchao_model(dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
     """Three int8 linears (K and N not multiples of the tiles), as torchao quantizes them."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(48, 70), torch.nn.ReLU(), torch.nn.Linear(70, 33),
                                 torch.nn.GELU(), torch.nn.Linear(33, 20)).to(dtype).eval()
-    torchao_quantization.quantize_(model, torchao_quantization.Int8DynamicActivationInt8WeightConfig())
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model
 
 
@@ -40,7 +47,7 @@ def test_every_int_mm_served_and_bit_exact(fresh_registry, dtype):
     inputs = [torch.randn(shape, dtype=dtype) for shape in ((1, 48), (3, 48), (2, 9, 48))]   # M = 1, 3, 18
     with torch.no_grad():
         expected = [model(x) for x in inputs]
-        fresh_registry.enable(**ARM)
+        fresh_registry.enable(ops=CACHED, **ARM)
         for _ in range(2):                               # the second pass reads the cached weights
             for x, ref in zip(inputs, expected):
                 y = model(x)
@@ -74,7 +81,7 @@ def test_weights_replaced_are_seen(fresh_registry, how):
     x = torch.randn(2, 48)
     with torch.no_grad():
         expected = other(x)
-        fresh_registry.enable(**ARM)
+        fresh_registry.enable(ops=CACHED, **ARM)
         model(x), model(x)                                # cached now
         if how == "inner_tensors":
             write_weights_in_place(model, other)
@@ -84,7 +91,8 @@ def test_weights_replaced_are_seen(fresh_registry, how):
             assert torch.equal(model(x), expected)
 
 
-def test_load_state_dict_with_operand_cache_off(fresh_registry):
+@pytest.mark.parametrize("ops", [{INT_MM: {"operand_cache": False}}, None], ids=["explicit", "packaged default"])
+def test_load_state_dict_with_operand_cache_off(fresh_registry, ops):
     """torchao's ``Int8Tensor.copy_`` (``load_state_dict`` without ``assign``) writes its int8
     tensor inside ``__torch_dispatch__``, where PyTorch does not bump version counters;
     ``operand_cache: false`` reads the operand in place every call, so such writes are seen."""
@@ -92,7 +100,7 @@ def test_load_state_dict_with_operand_cache_off(fresh_registry):
     x = torch.randn(2, 48)
     with torch.no_grad():
         expected = other(x)
-        fresh_registry.enable(ops={INT_MM: {"operand_cache": False}}, **ARM)
+        fresh_registry.enable(ops=ops, **ARM) if ops else fresh_registry.enable(**ARM)
         model(x), model(x)
         model.load_state_dict(other.state_dict())
         assert torch.equal(model(x), expected)
@@ -107,7 +115,7 @@ def test_load_state_dict_into_cached_weights_is_not_seen(fresh_registry):
     x = torch.randn(2, 48)
     with torch.no_grad():
         expected = other(x)
-        fresh_registry.enable(**ARM)
+        fresh_registry.enable(ops=CACHED, **ARM)
         model(x), model(x)                                # cached now
         model.load_state_dict(other.state_dict())          # Int8Tensor.copy_: qdata written, version unchanged
         assert torch.equal(model(x), expected)
@@ -124,7 +132,7 @@ def test_torch_compile_reaches_our_kernel(fresh_registry):
     compiled = torch.compile(model)
     with torch.no_grad():
         expected = compiled(x)
-        fresh_registry.enable(**ARM)
+        fresh_registry.enable(ops=CACHED, **ARM)
         y = compiled(x)
     assert int_mm_calls(fresh_registry) == 3
     assert torch.equal(y, expected)
@@ -134,8 +142,9 @@ def test_torch_compile_reaches_our_kernel(fresh_registry):
 def test_demo_torchao_quick(capsys):
     from opregistry.registry.cli import main
 
-    assert main(["demo", "--model", "torchao", "--quick", "--backend", "arm", "--execution", "interpreter"]) == 0
+    assert main(["demo", "--model", "torchao", "--quick", "--backend", "arm", "--execution", ARM_EXECUTION]) == 0
     out = capsys.readouterr().out
-    assert "\npytorch " in out and "\narm[interpreter] " in out
+    label = "arm[interpreter]" if ARM_EXECUTION == "interpreter" else "arm"
+    assert "\npytorch " in out and f"\n{label} " in out
     assert "routing aten::_int_mm: decode-m1=4, prefill-pad=4" in out
-    assert "arm[interpreter]: output bit-exact with PyTorch's own kernels" in out
+    assert f"{label}: output bit-exact with PyTorch's own kernels" in out

@@ -114,7 +114,7 @@ QGEMM_TYPES = {"xq_ptr": "*i8", "scale_ptr": "*fp32", "rowsum_ptr": "*i32", "w_p
 
 
 def _prequant_cases() -> list[dict]:
-    """The dot_prequant variant's two kernels (backends/arm/kernel_prequant.py)."""
+    """The dot_prequant / gemv_prequant kernels (backends/arm/kernel_prequant.py)."""
     path = str(ROOT / "backends/arm/kernel_prequant.py")
     cases = []
     for act in (0, 1, 2):
@@ -123,7 +123,7 @@ def _prequant_cases() -> list[dict]:
                           "kernel": "quantize_rows_kernel", "types": QUANT_TYPES,
                           "consts": dict(QBLOCK_K=256, ACT=act, HAS_ROWSUM=rowsum),
                           "none": [] if rowsum else ["rowsum_ptr"], "dot": False})
-        for (bm, dot) in ((16, True), (64, True), (4, False)):
+        for (bm, dot) in ((16, True), (64, True), (4, False), (1, False)):
             for even in (False, True):
                 for extras in (False, True):
                     consts = dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=32, LAYOUT_K=32, LAYOUT_N=64, EVEN_M=even,

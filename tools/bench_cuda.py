@@ -196,6 +196,25 @@ class Timer:
             ts.append((time.perf_counter() - t) / calls * 1e6)
         return sorted(ts)[len(ts) // 2]
 
+    def paired_wall_us(self, fa, fb, calls: int = 40, repeats: int = 15) -> tuple[float, float]:
+        """Eager wall time per call of ``fa`` and ``fb``, their batches interleaved (A B A B ...)
+        so that both see the same host conditions; medians."""
+        if not self.cuda:
+            calls, repeats = 1, 1
+        ta, tb = [], []
+        for fn in (fa, fb):
+            for _ in range(3):
+                fn()
+        self.sync()
+        for _ in range(repeats):
+            for fn, ts in ((fa, ta), (fb, tb)):
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                self.sync()
+                ts.append((time.perf_counter() - t) / calls * 1e6)
+        return sorted(ta)[len(ta) // 2], sorted(tb)[len(tb) // 2]
+
     def graph_us(self, fn, calls: int = GRAPH_CALLS) -> float:
         """GPU time per call without host launch gaps: ``calls`` calls captured in one CUDA
         graph, replays timed with events (median of 10)."""
@@ -451,8 +470,20 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
             return mod(x)
 
         row["route"] = runner.rule_for(m, prepared[0]).name
-        # the op as a user calls it: module fast path, launch plans (direct launches), PDL
-        measure("op", module_call)
+        xb = [x.to(torch.bfloat16) for x in xs]
+        bsets = Rotating([(xb[i % x_rot], w_bf16[i % n_rot], bias_bf16[i % n_rot]) for i in range(count)])
+
+        def bf16_call():
+            return F.linear(*bsets.next())
+        # the op as a user calls it (module fast path, launch plans, direct launches, PDL) against
+        # bf16 F.linear: wall times with their batches interleaved
+        try:
+            row["op_wall_us"], row["bf16_wall_us"] = timer.paired_wall_us(module_call, bf16_call)
+        except Exception as exc:  # noqa: BLE001
+            row["op_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log(f"  op: {row['op_error']}")
+        measure("op", module_call, wall=False)
+        measure("bf16", bf16_call, wall=False)
         # the same through the dispatcher (torch.ops.quantized.linear_dynamic)
         measure("op_dispatch", lambda: torch.ops.quantized.linear_dynamic(*sets.next()[:2], True), gpu=False)
         # the previous host path: Triton's own launch for every kernel, no PDL (same kernels, same routing)
@@ -463,9 +494,6 @@ def time_shape(reg, timer: Timer, device, name, k, n, ms, variants, bw, smoke, s
         rt.fast_launch, rt.pdl = False, False
         measure("op_triton_launch", module_call)
         rt.fast_launch, rt.pdl = fast_pdl
-        xb = [x.to(torch.bfloat16) for x in xs]
-        bsets = Rotating([(xb[i % x_rot], w_bf16[i % n_rot], bias_bf16[i % n_rot]) for i in range(count)])
-        measure("bf16", lambda: F.linear(*bsets.next()))
         if m > 16 and m % 8 == 0 and k % 8 == 0 and n % 8 == 0 and not decode:
             xq = [rt.quantize(x, k, True)[0][:, :k] for x in xs]
             isets = Rotating([(xq[i % x_rot], w_i8_t[i % n_rot]) for i in range(count)])

@@ -11,9 +11,11 @@ from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activ
 from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL
 
 # `pytorch`: PyTorch's own kernel, captured when the op is enabled (no tiles; see
-# backends/common/pytorch_kernel.py). `dot_prequant`: activations quantized once
-# into int8, then an int8 GEMM on unmasked tiles (kernel_prequant.py; linear ops).
-KERNELS = ("dot", "gemv", "dot_prequant", PYTORCH_KERNEL)
+# backends/common/pytorch_kernel.py). `dot_prequant` / `gemv_prequant`: activations
+# quantized once into int8, then an int8 GEMM on unmasked tiles (kernel_prequant.py;
+# the linear ops only).
+PREQUANT_KERNELS = ("dot_prequant", "gemv_prequant")
+KERNELS = ("dot", "gemv", *PREQUANT_KERNELS, PYTORCH_KERNEL)
 OP_KEYS = ("padding", "activation_scale", "fast_path", "weight_layout", "routing")
 INT_MM = "aten::_int_mm"
 INT_MM_KEYS = ("padding", "weight_layout", "operand_cache", "routing")   # int8 operands: no activation scheme
@@ -47,7 +49,7 @@ class ArmIntMmConfig(OpConfig):
 
     padding: bool = True
     weight_layout: WeightLayout = WeightLayout()
-    operand_cache: bool = True      # cache the second operand in the tiled layout (else read it in place)
+    operand_cache: bool = False     # cache the second operand in the tiled layout (else read it in place)
     routing: tuple[ArmRule, ...] = ()
 
 
@@ -69,9 +71,9 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
         rule.check_keys(RULE_KEYS + TILE_KEYS + ("pad_m",), owner="an arm routing rule")
         if common["kernel"] not in KERNELS:
             raise rule.error("kernel", f"expected one of {', '.join(KERNELS)}, got {common['kernel']!r}")
-        if common["kernel"] == "dot_prequant" and op == INT_MM:
-            raise rule.error("kernel", f"dot_prequant quantizes float activations; {INT_MM} takes int8 operands "
-                                       "(use dot or gemv)")
+        if common["kernel"] in PREQUANT_KERNELS and op == INT_MM:
+            raise rule.error("kernel", f"{common['kernel']} quantizes float activations; {INT_MM} takes int8 "
+                                       "operands (use dot or gemv)")
         tiles = read_tiles(rule)
         for tile in ("block_k", "block_n"):
             if getattr(layout, tile) % tiles[tile]:
@@ -84,7 +86,7 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
 
     if op == INT_MM:
         return ArmIntMmConfig(padding=settings.get_bool("padding", True), weight_layout=layout,
-                              operand_cache=settings.get_bool("operand_cache", True),
+                              operand_cache=settings.get_bool("operand_cache", False),
                               routing=parse_routing(settings, read_rule))
     return ArmOpConfig(
         padding=settings.get_bool("padding", True),

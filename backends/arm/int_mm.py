@@ -27,7 +27,8 @@ lies (masked on its edges only), so it costs no copy and never evicts a weight
 the runtime's weight cache, under the same ``weight_cache.max_bytes`` budget as
 the linear ops' weights, and are dropped on ``disable()``. Never cached:
 inference tensors (``torch.inference_mode``), which have no version counter,
-and every operand when the op's ``operand_cache`` is ``false``.
+and every operand when the op's ``operand_cache`` is ``false`` — the packaged
+default, because of the writes below.
 
 What the version counter cannot see: writes that bypass it, which PyTorch
 makes for the tensors inside a tensor subclass when the subclass writes them
@@ -36,9 +37,9 @@ for the outer tensor): torchao's ``Int8Tensor.copy_``, i.e.
 ``model.load_state_dict(sd)`` into an already-quantized model, writes
 ``qdata`` in place and leaves its version unchanged (measured: torchao 0.18,
 torch 2.13); likewise ``tensor.data`` written in place. After such a write to a
-weight that already ran, re-enable the backend (``disable()`` drops the cache),
-load with ``load_state_dict(sd, assign=True)`` (new tensors, new keys), or set
-``operand_cache: false``.
+weight that already ran with ``operand_cache: true``, re-enable the backend
+(``disable()`` drops the cache) or load with ``load_state_dict(sd, assign=True)``
+(new tensors, new keys).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``dot_prequant`` kernel: activations quantized once, then an int8 GEMM.
+"""The ``dot_prequant`` / ``gemv_prequant`` kernels: activations quantized once,
+then an int8 GEMM (``tl.dot``, or a dot-free multiply-and-sum for decode).
 
 The fused ``dot`` kernel (:mod:`.kernel`) quantizes its A tile in registers
 inside the K loop, so each of the ``N / BLOCK_N`` programs of a row block
@@ -106,6 +107,9 @@ def qgemm_kernel(
         b = tl.load(w_ptr + w_off + w_tile_n + w_in_tile)
         if USE_DOT:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        elif BLOCK_M == 1:   # one row: scale the weight tile's rows and add them up (no 3-D temporary)
+            a1 = tl.load(xq_ptr + pid_m * stride_qm + k0 + rk)
+            acc += tl.sum(a1.to(tl.int32)[:, None] * b.to(tl.int32), axis=0)[None, :]
         else:
             acc += tl.sum(a.to(tl.int32)[:, :, None] * b.to(tl.int32)[None, :, :], axis=1)
 

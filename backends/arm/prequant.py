@@ -1,5 +1,6 @@
-"""Launch plan of the ``dot_prequant`` kernel (:mod:`.kernel_prequant`): the
-activation quantized once into int8 scratch, then the int8 GEMM.
+"""Launch plan of the ``dot_prequant`` and ``gemv_prequant`` kernels
+(:mod:`.kernel_prequant`): the activation quantized once into int8 scratch, then
+the int8 GEMM.
 
 :class:`PrequantPlan` has :class:`~.kernel.LaunchPlan`'s call signature, so the
 runtime launches, memoises and falls back the same way; it takes the runtime's
@@ -16,7 +17,9 @@ from opregistry.backends.common.weights import round_up
 
 from .kernel_prequant import QUANT_BLOCK_K_MAX, qgemm_kernel, quantize_rows_kernel
 
-PREQUANT_KERNEL = "dot_prequant"     # the routing-table name of this variant
+PREQUANT_KERNEL = "dot_prequant"     # routing-table names of this variant: with tl.dot,
+PREQUANT_GEMV = "gemv_prequant"      # and dot-free (any M; decode)
+PREQUANT_KERNELS = (PREQUANT_KERNEL, PREQUANT_GEMV)
 _INTERPRETED: dict = {}
 
 

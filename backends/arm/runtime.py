@@ -26,7 +26,7 @@ from opregistry.backends.common.weights import WeightCache
 from .config import INT_MM, KERNELS  # noqa: F401 - re-exported
 from .device import compiled_unavailable_reason, triton_cpu_status
 from .fallback import min_dot_size_rejection
-from .prequant import PREQUANT_KERNEL, PrequantPlan
+from .prequant import PREQUANT_KERNEL, PREQUANT_KERNELS, PrequantPlan
 from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, LaunchPlan, qlinear_kernel
 from .int_mm import IntMmRunner, prepare_operand
 from .layout import PreparedWeight, prepare_weight
@@ -272,7 +272,7 @@ class ArmRuntime:
         key = (relu, rule.name, use_dot)
         plan = p.plans.get(key)
         if plan is None:
-            make = PrequantPlan if rule.kernel == PREQUANT_KERNEL else LaunchPlan   # prequant.py
+            make = PrequantPlan if rule.kernel in PREQUANT_KERNELS else LaunchPlan   # prequant.py
             plan = p.plans[key] = make(p.weight, block_m=rule.block_m, block_n=rule.block_n,
                                        block_k=rule.block_k, use_dot=use_dot, act=act, relu=relu)
         return plan

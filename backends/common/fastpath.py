@@ -80,19 +80,25 @@ def _make_call(slot: FastPathSlot):
     function_mode = torch._C._is_torch_function_mode_enabled
     dispatch_modes = torch._C._len_torch_dispatch_stack
     # Module-level dicts of torch.nn.modules.module, mutated in place, never rebound.
-    global_hooks = (_nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks,
-                    _nn_module._global_backward_hooks, _nn_module._global_backward_pre_hooks)
-    g_fwd, g_fwd_pre, g_bwd, g_bwd_pre = global_hooks
+    g_fwd, g_fwd_pre = _nn_module._global_forward_hooks, _nn_module._global_forward_pre_hooks
+    g_bwd, g_bwd_pre = _nn_module._global_backward_hooks, _nn_module._global_backward_pre_hooks
 
     def __call__(self, *args, **kwargs):
         # is_compiling() first: under Dynamo it is the only thing traced here.
-        if (is_compiling() or kwargs or len(args) != 1 or type(args[0]) is not tensor
-                or type(self) is not cls or args[0].requires_grad
-                or self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
-                or g_fwd or g_fwd_pre or g_bwd or g_bwd_pre or self._compiled_call_impl is not None
-                or tracing_state() or dispatch_modes() or function_mode() or "forward" in self.__dict__):
+        if is_compiling() or kwargs or len(args) != 1 or type(self) is not cls:
             return torch.nn.Module.__call__(self, *args, **kwargs)
         x = args[0]
+        d = self.__dict__     # one lookup for the per-module state below
+        try:
+            pytorchs_path = (
+                type(x) is not tensor or x.requires_grad
+                or d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"]
+                or g_fwd or g_fwd_pre or g_bwd or g_bwd_pre or "forward" in d or "_compiled_call_impl" in d
+                or tracing_state() or dispatch_modes() or function_mode())
+        except KeyError:      # a module built without nn.Module.__init__: PyTorch's own path decides
+            pytorchs_path = True
+        if pytorchs_path:
+            return torch.nn.Module.__call__(self, *args, **kwargs)
         for handler in slot._handlers:
             y = handler(self, x)
             if y is not NotImplemented:

@@ -11,6 +11,11 @@ Execution modes:
 * ``interpreter``: the same kernel source through Triton's interpreter on
   CPU tensors, registered for the ``CPU`` key. For validation on hosts
   without a GPU only (slow, serial grid).
+
+A call runs a :class:`Plan` worked out once per (weight, rule, M, activation
+layout): grids, constexprs, one allocation, and in compiled mode kernels bound
+for direct launch (``launch.py``) after the plan's first call; on sm_90 the GEMM
+after the prepass is a programmatic dependent launch (docs/CUDA.md, "Design").
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ class Plan:
     def __init__(self, rt: "CudaRuntime", w: CudaWeight, rule, m: int, per_row: bool, relu: bool,
                  stride_xm: int, stride_xk: int, device: torch.device):
         kern = rt.kernels
+        self.stub = rt._stubbed
         self.rule = rule
         self.m, self.n, self.k, self.kp = m, w.n, w.k, w.kp
         self.device = device
@@ -181,6 +187,7 @@ class Plan:
         self.kind = rule.kernel
         bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
         self.ws_bytes = 0
+        self.one_alloc, self.ws_off = False, 0
         if rule.kernel in ("gemv_fused", "dot_fused"):
             grid = (triton_cdiv(w.n, bn), triton_cdiv(m, bm), 1)
             consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SCAN_BLOCK_K=min(SCAN_BLOCK_K_MAX, _next_pow2(w.k)),
@@ -193,6 +200,9 @@ class Plan:
         self.xs_off = m * w.kp
         self.rs_off = self.xs_off + round_up(4 * m, 16)
         self.ws_bytes = self.rs_off + (round_up(4 * m, 16) if has_wzp else 0)
+        self.one_alloc = m <= QUANT_SMALL_M
+        self.ws_off = round_up(4 * m * w.n, 16) if self.one_alloc else 0
+        self.total_words = (self.ws_off + self.ws_bytes) // 4
         if rule.kernel == "dot_streamk":
             units = triton_cdiv(m, bm) * triton_cdiv(w.n, bn) * (w.kp // bk)
             programs = min(units, rt._resident_programs(device, rule, warps, stages))
@@ -255,21 +265,32 @@ class Plan:
         return quant, gemm
 
     def __call__(self, x: torch.Tensor, absmax, fast: bool) -> torch.Tensor:
-        out = torch.empty((self.m, self.n), dtype=torch.float32, device=x.device)
+        m, n = self.m, self.n
+        ws_bytes = self.ws_bytes
+        # One allocation per call: at decode sizes the workspace rides behind the output in the same
+        # fp32 buffer (an allocation is ~4 us of host time on the H200 machine, as much as the GPU work
+        # of a small layer); the output is a [M, N] view at its start.
+        if ws_bytes and self.one_alloc:
+            buf = x.new_empty(self.total_words)
+            out = buf.as_strided((m, n), (n, 1))
+        else:
+            out = x.new_empty((m, n))
+            buf = torch.empty(ws_bytes, dtype=torch.int8, device=x.device) if ws_bytes else None
         launches = self.launches
-        if fast and launches[-1].bound is not None and launches[0].bound is not None:
-            stream = current_stream(self.index)
+        if self.stub or (fast and launches[-1].bound is not None and launches[0].bound is not None):
             ptrs = self.ptrs
             if ptrs is None:
                 ptrs = self.ptrs = self._pointers()
             xp, op = x.data_ptr(), out.data_ptr()
             ap = None if absmax is None else absmax.data_ptr()
-            if self.ws_bytes:
-                ws = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device)
-                p = ws.data_ptr()
+            if ws_bytes:
+                p = buf.data_ptr() + self.ws_off
                 args = self._args(xp, ap, op, p, p + self.xs_off, p + self.rs_off if self.has_wzp else None, ptrs)
             else:
                 args = self._args(xp, ap, op, None, None, None, ptrs)
+            if self.stub:                                      # stub_kernels(): the host work alone
+                return out
+            stream = current_stream(self.index)
             try:
                 for launch, a in zip(launches, args):
                     launch.bound(stream, *a)
@@ -279,11 +300,11 @@ class Plan:
                     launch.bound = None
                 return self(x, absmax, False)
         else:
-            if self.ws_bytes:
-                ws = torch.empty(self.ws_bytes, dtype=torch.int8, device=x.device)
-                xq = ws[:self.xs_off].view(self.m, self.kp)
-                xs = ws[self.xs_off:self.xs_off + 4 * self.m].view(torch.float32)
-                rs = ws[self.rs_off:self.rs_off + 4 * self.m].view(torch.int32) if self.has_wzp else None
+            if ws_bytes:
+                ws = buf.view(torch.int8)[self.ws_off:self.ws_off + ws_bytes]
+                xq = ws[:self.xs_off].view(m, self.kp)
+                xs = ws[self.xs_off:self.xs_off + 4 * m].view(torch.float32)
+                rs = ws[self.rs_off:self.rs_off + 4 * m].view(torch.int32) if self.has_wzp else None
                 args = self._args(x, absmax, out, xq, xs, rs)
             else:
                 args = self._args(x, absmax, out, None, None, None)

@@ -1,0 +1,72 @@
+"""The ``dot_prequant`` / ``gemv_prequant`` kernels (activations quantized once,
+then an int8 GEMM on unmasked tiles) against the contract, in every activation
+scheme, through the ARM tier's execution (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opregistry import registry
+from opregistry.backends.arm.runtime import ArmRuntime
+from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
+
+from conftest import ARM_EXECUTION
+from opregistry.testing import assert_matches_contract, make_packed
+
+RULES = [
+    {"name": "pq-m1", "when": {"m": 1}, "kernel": "gemv_prequant", "block_m": 1, "block_n": 64, "block_k": 32},
+    {"name": "pq-gemv4", "when": {"m_max": 3}, "kernel": "gemv_prequant", "block_m": 4, "block_n": 64,
+     "block_k": 32, "pad_m": True},
+    {"name": "pq-dot8", "kernel": "dot_prequant", "block_m": 8, "block_n": 64, "block_k": 32},
+]
+
+
+def runtime(scheme: str) -> ArmRuntime:
+    ops = {op: {"activation_scale": scheme, "routing": RULES} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+    return ArmRuntime(registry.Registry().build_config("arm", device="generic", execution=ARM_EXECUTION, ops=ops))
+
+
+@pytest.fixture(scope="module", params=["per_row", "per_tensor", "pytorch"])
+def scheme_rt(request):
+    return request.param, runtime(request.param)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 17])
+@pytest.mark.parametrize("zero_points, relu", [(False, False), (True, True)])
+def test_prequant_matches_contract(scheme_rt, m, zero_points, relu):
+    scheme, rt = scheme_rt
+    packed = make_packed(70, 45, per_channel=zero_points, zero_points=zero_points, seed=m)
+    x = torch.randn(m, 45) * 3 + 0.5
+    y = rt.runners[LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC](x, packed, scheme == "pytorch")
+    extra = {"reduce_range": True} if scheme == "pytorch" else {}
+    assert_matches_contract(y, x, packed, relu=relu, mode=scheme, **extra)
+
+
+def test_prequant_non_finite_rows(scheme_rt):
+    scheme, rt = scheme_rt
+    packed = make_packed(64, 64)
+    x = torch.randn(9, 64)
+    x[2, 3], x[5, 0] = float("nan"), float("inf")
+    y = rt.runners[LINEAR_RELU_DYNAMIC](x, packed)
+    if scheme == "per_row":       # a bad row is a NaN row; the others are right
+        assert torch.isnan(y[[2, 5]]).all() and not torch.isnan(y[[0, 1, 3, 4, 6, 7, 8]]).any()
+        good = [0, 1, 3, 4, 6, 7, 8]
+        assert_matches_contract(y[good], x[good], packed, relu=True)
+    else:
+        assert torch.isnan(y).all()
+
+
+def test_prequant_strided_and_3d():
+    rt = runtime("per_row")
+    packed = make_packed(40, 48)
+    xs = torch.randn(3, 7, 96)[:, ::2, ::2]
+    assert_matches_contract(rt.runners[LINEAR_DYNAMIC](xs, packed), xs, packed)
+    counts = rt.status()["routing"][LINEAR_DYNAMIC]
+    assert counts["pq-dot8"] == 1
+
+
+def test_prequant_is_rejected_for_int_mm():
+    rules = [{"name": "all", "kernel": "dot_prequant", "block_m": 8, "block_n": 64, "block_k": 32}]
+    with pytest.raises(registry.ConfigError, match="dot_prequant quantizes float activations"):
+        registry.Registry().build_config("arm", execution=ARM_EXECUTION, ops={"aten::_int_mm": {"routing": rules}})
