@@ -23,7 +23,9 @@ from opregistry.backends.cuda.config import CudaRule, validate_rule
 from opregistry.backends.cuda.device import table_for
 from opregistry.backends.cuda.plugin import CudaPlugin
 from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, split_k_for
-from opregistry.backends.cuda.tolerance import check_per_element, contract_bound
+from opregistry.backends.common import unpack_weight
+from opregistry.backends.common.interpreter import interpreter_status
+from opregistry.testing import check, contract_tolerance, make_packed
 from opregistry.backends.reference import plugin as reference_plugin
 from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 
@@ -35,21 +37,15 @@ CUDA_OK, CUDA_DETAIL = cuda_status()
 needs_gpu = pytest.mark.skipif(not CUDA_OK, reason=f"no CUDA device: {CUDA_DETAIL}")
 
 
-def _triton_version() -> tuple[int, int]:
-    import triton
+# Older interpreters fail with numpy 2.x; the GPU tests cover the same cases natively there.
+INTERPRETER_OK, INTERPRETER_DETAIL = interpreter_status()
+needs_interpreter = pytest.mark.skipif(not INTERPRETER_OK, reason=INTERPRETER_DETAIL)
 
-    return tuple(int(p) for p in triton.__version__.split(".")[:2])
-
-
-# The Triton 3.6 interpreter breaks with numpy >= 2.4 (see shared notes); the GPU
-# tests below cover the same cases natively on such hosts.
-needs_interpreter = pytest.mark.skipif(_triton_version() < (3, 8),
-                                       reason="interpreter tests need Triton >= 3.8 (3.6's interpreter "
-                                              "fails with numpy >= 2.4)")
-
-# Per-element bound vs the float64 reference (backends/cuda/tolerance.py): the integer
-# sum is exact, so an element may differ only by fp32 rounding of the epilogue
-# (relative 1e-5 of the magnitudes summed) plus one activation quantum for a rounding tie.
+# Per-element bound vs the float64 reference (opregistry.testing): the integer sum is
+# exact, so an element may differ only by fp32 rounding of the epilogue and of split-K /
+# stream-K partial sums added in another order (relative GPU_EPILOGUE_REL of the
+# magnitudes summed), plus one activation quantum where an input sits on a rounding tie.
+GPU_EPILOGUE_REL = 1e-5
 
 
 def _plugins() -> Plugins:
@@ -67,44 +63,31 @@ def reg():
 
 
 def packed_weight(n, k, *, bias=True, per_channel=False, zero_point=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if per_channel:
-            scales = (w.abs().amax(1) / 100 + 1e-3).double()
-            zps = (torch.randint(-5, 6, (n,), generator=g) if zero_point
-                   else torch.zeros(n, dtype=torch.long))
-            qw = torch.quantize_per_channel(w, scales, zps, 0, torch.qint8)
-        else:
-            qw = torch.quantize_per_tensor(w, float(w.abs().max() / 120), 3 if zero_point else 0, torch.qint8)
-    b = torch.randn(n, generator=g) if bias else None
-    return torch.ops.quantized.linear_prepack(qw, b)
+    return make_packed(n, k, bias=bias, per_channel=per_channel, zero_points=zero_point, seed=seed)
 
 
 def check_close(y, x, wp, label="", *, relu=False, mode="per_row"):
     """``y`` (the op on ``x``) against the reference, element by element."""
     assert y.dtype == torch.float32
-    y_ref = reference_linear(x, wp, relu=relu, activation_scale=mode)
-    ok, worst, note = check_per_element(y, y_ref, contract_bound(x, wp, mode))
+    ok, worst, note = check(y, x, wp, relu=relu, mode=mode, rel=GPU_EPILOGUE_REL)
     assert ok, f"{label}: {note} (worst err/bound {worst:.3g})"
 
 
-def test_per_element_bound_catches_one_quantum_and_a_wrong_element():
-    """The bound is tight enough that a wrong element fails while the whole tensor's norm would pass."""
+def test_per_element_bound_catches_one_wrong_element():
+    """The bound is per element: one element off by 3 bounds fails while the whole tensor's norm would pass."""
     wp = packed_weight(64, 300, per_channel=True)
     x = torch.randn(4, 300)
     y = reference_linear(x, wp)
-    bound = contract_bound(x, wp)
-    assert check_per_element(y, y, bound)[0]
+    assert check(y, x, wp, rel=GPU_EPILOGUE_REL)[0]
+    bound = contract_tolerance(x, unpack_weight(wp), rel=GPU_EPILOGUE_REL)
     bad = y.clone()
-    bad[2, 5] += 3 * bound[2, 5]                 # one element off by 3 bounds: ~1e-4 of the tensor's norm
+    bad[2, 5] += float(3 * bound[2, 5])
     assert ((bad - y).norm() / y.norm()) < 1e-3
-    ok, worst, note = check_per_element(bad, y, bound)
-    assert not ok and worst > 2 and "1 elements over" in note
+    ok, worst, note = check(bad, x, wp, rel=GPU_EPILOGUE_REL)
+    assert not ok and worst > 2 and note.startswith("1 elements beyond tolerance")
     nan = y.clone()
     nan[0, 0] = float("nan")
-    assert not check_per_element(nan, y, bound)[0]
+    assert not check(nan, x, wp, rel=GPU_EPILOGUE_REL)[0]
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@
    points, bias / no bias, ReLU, per-row and per-tensor activation scales, 3-D
    and non-contiguous inputs, M=0, rows with NaN/Inf, every kernel variant, each
    through the Triton launch and the direct launch. Bound, per element
-   (backends/cuda/tolerance.py): fp32 epilogue rounding, relative 1e-5 of the
+   (opregistry.testing.check): fp32 epilogue rounding, relative 1e-5 of the
    magnitudes summed, plus one activation quantum; the same NaN pattern.
 2. A real ``quantize_dynamic`` MLP on CUDA tensors: PyTorch's error without the
    backend, the reference's answer with it.
@@ -50,7 +50,9 @@ if str(ROOT) not in sys.path:          # run from a checkout without installing
 
 from opregistry.registry.core import Registry                        # noqa: E402
 from opregistry.backends.cuda.config import CudaRule                 # noqa: E402
-from opregistry.backends.cuda.tolerance import check_per_element, contract_bound  # noqa: E402
+from opregistry.testing import check, make_packed  # noqa: E402
+
+GPU_EPILOGUE_REL = 1e-5   # fp32 epilogue + split-K / stream-K partial sums in another order
 from opregistry.registry.plugins import Plugins                      # noqa: E402
 from opregistry.backends.cuda.plugin import CudaPlugin               # noqa: E402
 from opregistry.backends.cuda.runtime import CudaRuntime             # noqa: E402
@@ -139,24 +141,12 @@ def entry_point_installed() -> bool:
 
 
 def packed_weight(n, k, *, bias=True, per_channel=True, zero_point=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * 0.05
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if per_channel:
-            scales = (w.abs().amax(1) / 127).clamp_min(1e-8).double()
-            zps = (torch.randint(-4, 5, (n,), generator=g) if zero_point else torch.zeros(n, dtype=torch.long))
-            qw = torch.quantize_per_channel(w, scales, zps, 0, torch.qint8)
-        else:
-            qw = torch.quantize_per_tensor(w, float(w.abs().max() / 120), 2 if zero_point else 0, torch.qint8)
-    b = torch.randn(n, generator=g) * 0.1 if bias else None
-    return torch.ops.quantized.linear_prepack(qw, b)
+    return make_packed(n, k, bias=bias, per_channel=per_channel, zero_points=zero_point, seed=seed, bias_scale=0.1)
 
 
 def per_element(y, x, wp, relu=False, mode="per_row"):
     """``(ok, worst err / bound, note)`` of the op's output against the reference."""
-    y_ref = reference_linear(x, wp, relu=relu, activation_scale=mode)
-    return check_per_element(y, y_ref, contract_bound(x, wp, mode))
+    return check(y, x, wp, relu=relu, mode=mode, rel=GPU_EPILOGUE_REL)
 
 
 class Timer:

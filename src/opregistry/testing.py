@@ -80,14 +80,16 @@ def reference(x: torch.Tensor, w: UnpackedWeight, relu: bool = False, mode: str 
 
 
 def contract_tolerance(x: torch.Tensor, w: UnpackedWeight, mode: str = "per_row",
-                       reduce_range: bool = False) -> torch.Tensor:
+                       reduce_range: bool = False, rel: float = EPILOGUE_REL) -> torch.Tensor:
     """Per-element bound (float64, shape of the output) on ``|kernel - reference|``.
 
-    ``EPILOGUE_REL * (|acc| s sw + |b|) + EPILOGUE_ABS`` for the fp32 epilogue,
+    ``rel * (sum_k |q w| s sw + |b|) + EPILOGUE_ABS`` for the fp32 epilogue (``rel``:
+    ``EPILOGUE_REL`` for one fused epilogue; more where partial sums are added
+    in fp32 in another order, e.g. split-K on a GPU),
     plus ``s sw sum_k tie[m, k] |w[n, k] - zw[n]|``: one quantum of every
     activation element within ``TIE_ULPS`` ulps of a rounding tie.
     """
-    x2d = x.reshape(-1, w.in_features)
+    x2d = x.detach().cpu().reshape(-1, w.in_features)
     if mode == "pytorch":
         q, s = quantize_activation_pytorch(x2d, reduce_range)
         v = x2d / s if torch.isfinite(s).all() else x2d
@@ -95,9 +97,8 @@ def contract_tolerance(x: torch.Tensor, w: UnpackedWeight, mode: str = "per_row"
         q, s = quantize_activation(x2d, mode)
         v = x2d / s
     wc = w.w_int8.double() - w.zero_point.double()[:, None]
-    acc = q.double() @ wc.T
     scale = s.double() * w.scale.double()[None, :]
-    mag = acc.abs() * scale
+    mag = (q.double().abs() @ wc.abs().T) * scale     # the magnitudes summed (partial sums may cancel)
     if w.bias is not None:
         mag = mag + w.bias.double().abs()[None, :]
     frac = v - torch.floor(v)
@@ -105,39 +106,52 @@ def contract_tolerance(x: torch.Tensor, w: UnpackedWeight, mode: str = "per_row"
     ulp = torch.nextafter(a, torch.full_like(a, math.inf)) - a
     near_tie = ((frac - 0.5).abs() <= TIE_ULPS * ulp) & torch.isfinite(v)
     ties = (near_tie.double() @ wc.abs().T) * scale
-    tol = EPILOGUE_REL * mag + EPILOGUE_ABS + ties
+    tol = rel * mag + EPILOGUE_ABS + ties
     return tol.reshape(*x.shape[:-1], w.out_features)
 
 
-def mismatches(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
-               reduce_range: bool = False) -> str | None:
-    """``None`` when ``y`` satisfies the contract for ``x`` and weight ``w`` (packed
-    or :class:`UnpackedWeight`); otherwise what is wrong, with the first bad element."""
+def check(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
+          reduce_range: bool = False, rel: float = EPILOGUE_REL) -> tuple[bool, float, str]:
+    """``(ok, worst |error| / bound, what is wrong)`` of ``y`` against the contract for
+    ``x`` and weight ``w`` (packed or :class:`UnpackedWeight`); tensors may live on any
+    device (compared on the CPU in float64)."""
     if not isinstance(w, UnpackedWeight):
         w = unpack_weight(w)
+    x = x.detach().cpu()
+    y = y.detach().cpu()
     expected = reference(x, w, relu, mode, reduce_range)
     if y.shape != expected.shape or y.dtype != expected.dtype:
-        return f"shape/dtype {tuple(y.shape)} {y.dtype}, expected {tuple(expected.shape)} {expected.dtype}"
+        return False, math.inf, (f"shape/dtype {tuple(y.shape)} {y.dtype}, expected {tuple(expected.shape)} "
+                                 f"{expected.dtype}")
     nan_y, nan_e = torch.isnan(y), torch.isnan(expected)
     if not torch.equal(nan_y, nan_e):
-        return f"NaN positions differ: {int((nan_y != nan_e).sum())} elements"
+        return False, math.inf, f"NaN positions differ: {int((nan_y != nan_e).sum())} elements"
     if y.numel() == 0:
-        return None
-    tol = contract_tolerance(x, w, mode, reduce_range)
-    ok = ~nan_e
+        return True, 0.0, ""
+    tol = contract_tolerance(x, w, mode, reduce_range, rel)
+    ok = ~nan_e & ~(torch.isinf(y) & torch.isinf(expected) & (y == expected))
     err = (y.double() - expected.double()).abs()
-    inf_same = torch.isinf(y) & torch.isinf(expected) & (y == expected)
-    bad = ok & ~inf_same & ~(err <= tol)
+    ratio = torch.where(ok, err / tol, torch.zeros_like(err))
+    worst = float(ratio.max())
+    bad = ok & ~(err <= tol)
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
-        return (f"{int(bad.sum())} elements beyond tolerance; first at {idx}: got {float(y[idx])!r}, "
-                f"expected {float(expected[idx])!r}, |diff| {float(err[idx]):.3e} > tol {float(tol[idx]):.3e}")
-    return None
+        return False, worst, (f"{int(bad.sum())} elements beyond tolerance; first at {idx}: got {float(y[idx])!r}, "
+                              f"expected {float(expected[idx])!r}, |diff| {float(err[idx]):.3e} > "
+                              f"tol {float(tol[idx]):.3e}")
+    return True, worst, ""
+
+
+def mismatches(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
+               reduce_range: bool = False, rel: float = EPILOGUE_REL) -> str | None:
+    """``None`` when ``y`` satisfies the contract (see :func:`check`); otherwise what is wrong."""
+    ok, _, note = check(y, x, w, relu, mode, reduce_range, rel)
+    return None if ok else note
 
 
 def assert_matches_contract(y: torch.Tensor, x: torch.Tensor, w, relu: bool = False, mode: str = "per_row",
-                            reduce_range: bool = False) -> None:
-    problem = mismatches(y, x, w, relu, mode, reduce_range)
+                            reduce_range: bool = False, rel: float = EPILOGUE_REL) -> None:
+    problem = mismatches(y, x, w, relu, mode, reduce_range, rel)
     assert problem is None, problem
 
 
