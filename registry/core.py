@@ -20,6 +20,8 @@ from .errors import BackendUnavailable, ConfigError, RegistryError, UnknownBacke
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
+_compiler_disable = getattr(getattr(torch, "compiler", None), "disable", lambda fn: fn)
+
 # PyTorch warns (once per process) when a kernel replaces a registered one.
 # Replacing PyTorch's own kernel is what enable() is for, so exactly that
 # message is silenced around our own registrations.
@@ -225,6 +227,10 @@ class Registry:
         calls = inst.calls
 
         def counted(fn):
+            # Never traced by Dynamo: under torch.compile an op whose arguments it
+            # cannot trace (a packed-weight ScriptObject) is an opaque call that runs
+            # the kernel eagerly; a backend's Python kernel is not graph material.
+            @_compiler_disable
             def call(*args, **kwargs):
                 calls.increment()
                 return fn(*args, **kwargs)

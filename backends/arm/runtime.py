@@ -100,12 +100,10 @@ class OpRunner:
         self.pytorch = PytorchKernel(op, cfg.routing)                # rules with kernel: pytorch
         self.receive_original = self.pytorch.receive_original        # OpKernel field
 
-    @torch.compiler.disable
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
-        """The dispatcher entry point. ``reduce_range`` matters only in ``pytorch``
-        mode (7-bit activations where PyTorch's kernel for this weight applies it).
-        Never traced by Dynamo: under ``torch.compile`` the op is an opaque call (its
-        packed-weight argument is a ScriptObject), which runs this eagerly."""
+        """The dispatcher entry point (the registry keeps Dynamo out of it).
+        ``reduce_range`` matters only in ``pytorch`` mode (7-bit activations where
+        PyTorch's kernel for this weight applies it)."""
         return self.run(x, w_prepack, reduce_range=reduce_range)
 
     def routing_counts(self) -> dict[str, int]:
