@@ -273,6 +273,23 @@ def streamk_kernel(
 
 
 @triton.jit
+def _row_scales(x_rows, absmax_ptr, K, stride_xk, BLOCK_M: tl.constexpr, SCAN_BLOCK_K: tl.constexpr,
+                PER_ROW: tl.constexpr):
+    """Activation scales of a program's rows: one pass over each fp32 row
+    (``PER_ROW``), or the caller's tensor absmax; NaN for a row with NaN/Inf."""
+    if PER_ROW:
+        rs = tl.arange(0, SCAN_BLOCK_K)
+        amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, SCAN_BLOCK_K):
+            a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
+            amax = tl.maximum(amax, _absmax_abs(a))
+        absmax = tl.max(amax, axis=1)
+    else:
+        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
+    return _scale_from_absmax(absmax)
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, absmax_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
     M, N, K, Kp, stride_xm, stride_xk, stride_wn, stride_om,
@@ -290,16 +307,7 @@ def gemv_kernel(
     rm_safe = (rm % M).to(tl.int64)
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
     x_rows = x_ptr + rm_safe[:, None] * stride_xm
-    if PER_ROW:
-        rs = tl.arange(0, SCAN_BLOCK_K)
-        amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, SCAN_BLOCK_K):
-            a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
-            amax = tl.maximum(amax, _absmax_abs(a))
-        absmax = tl.max(amax, axis=1)
-    else:
-        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
-    xs = _scale_from_absmax(absmax)
+    xs = _row_scales(x_rows, absmax_ptr, K, stride_xk, BLOCK_M, SCAN_BLOCK_K, PER_ROW)
     ok = xs == xs
     safe = tl.where(ok, xs, 1.0)
 
@@ -359,16 +367,7 @@ def fused_dot_kernel(
     m_ok = rm < M
     rm_safe = (rm % M).to(tl.int64)                    # clamp: rows past M are never stored
     x_rows = x_ptr + rm_safe[:, None] * stride_xm
-    if PER_ROW:
-        rs = tl.arange(0, SCAN_BLOCK_K)
-        amax = tl.zeros([BLOCK_M, SCAN_BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, SCAN_BLOCK_K):
-            a = tl.load(x_rows + (k0 + rs)[None, :] * stride_xk, mask=((k0 + rs) < K)[None, :], other=0.0)
-            amax = tl.maximum(amax, _absmax_abs(a))
-        absmax = tl.max(amax, axis=1)
-    else:
-        absmax = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(absmax_ptr)
-    xs = _scale_from_absmax(absmax)
+    xs = _row_scales(x_rows, absmax_ptr, K, stride_xk, BLOCK_M, SCAN_BLOCK_K, PER_ROW)
     ok = xs == xs
     safe = tl.where(ok, xs, 1.0)
     w_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
