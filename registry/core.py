@@ -20,7 +20,15 @@ from .errors import BackendUnavailable, ConfigError, RegistryError, UnknownBacke
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
-_compiler_disable = getattr(getattr(torch, "compiler", None), "disable", lambda fn: fn)
+
+def _compiler_disable(fn):
+    """``fn``, never traced by Dynamo. Where ``torch._dynamo`` cannot even be
+    imported (a broken or stand-in triton), nothing can compile: ``fn`` as is."""
+    try:
+        return torch.compiler.disable(fn)
+    except Exception:  # noqa: BLE001
+        return fn
+
 
 # PyTorch warns (once per process) when a kernel replaces a registered one.
 # Replacing PyTorch's own kernel is what enable() is for, so exactly that
