@@ -99,9 +99,12 @@ class Progress:
 
 @contextlib.contextmanager
 def progress_over_linears(model: nn.Module, label: str, calls: int):
-    """Advance a progress line on every quantized linear call of ``model``."""
+    """Advance a progress line by ``model``'s quantized linears on each forward of
+    ``model``. The hook sits on the model, not on the linears: a module with hooks
+    is (rightly) served through the dispatcher, never the module fast path."""
     bar = Progress(label, calls)
-    handles = [m.register_forward_hook(lambda *_: bar.step()) for m in quantized_linears(model)]
+    per_forward = len(quantized_linears(model))
+    handles = [model.register_forward_hook(lambda *_: bar.step(per_forward))]
     try:
         yield bar
     finally:
@@ -315,7 +318,9 @@ def _print_results(results: list[dict], int8_bytes: int, out, extra: tuple[str, 
         calls = ", ".join(f"{op}={n}" for op, n in rep.get("dispatcher_calls", {}).items())
         print(f"  calls through the dispatcher: {calls or 'none'}", file=out)
         if rep.get("fast_path"):
-            print("  module fast path: on (nn.quantized.dynamic.Linear calls skip the dispatcher)", file=out)
+            fast = ", ".join(f"{op}={n}" for op, n in rep.get("fast_path_calls", {}).items())
+            print(f"  module fast path (nn.quantized.dynamic.Linear calls that skip the dispatcher): "
+                  f"{fast or 'on'}", file=out)
         for op, rules in rep.get("routing", {}).items():
             used = {n: c for n, c in rules.items() if c}
             if used:
