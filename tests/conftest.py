@@ -27,6 +27,7 @@ ARM_EXECUTION = os.environ.get(ARM_EXECUTION_ENV, "interpreter")
 ARM_TIER_MODULES = frozenset({
     "test_arm", "test_pytorch_scheme", "test_fuzz", "test_special_values", "test_int_mm", "test_torchao",
     "test_cache_lifetime", "test_concurrency", "test_lifecycle", "test_bad_configs", "test_arm_prequant",
+    "test_pytorch_rule",
 })
 COMPILED_TIER_TIMEOUT_S = 600.0   # per test: kernel compiles included; a hang fails the run
 
@@ -97,11 +98,18 @@ def pytest_runtest_protocol(item, nextitem):
     if not timeout:
         yield
         return
-    notice = threading.Timer(timeout, lambda: sys.stderr.write(
-        f"\n{item.nodeid}: exceeded the ARM tier's per-test limit of {timeout:g} s; stopping the run\n"))
+    # The terminal's stderr, not the test's captured one (which dies with the process).
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+        fd = item.config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):
+        fd = sys.__stderr__.fileno()
+    message = f"\n{item.nodeid}: exceeded the ARM tier's per-test limit of {timeout:g} s; stopping the run\n"
+    notice = threading.Timer(timeout, lambda: os.write(fd, message.encode()))
     notice.daemon = True
     notice.start()
-    faulthandler.dump_traceback_later(timeout + 5, exit=True)
+    faulthandler.dump_traceback_later(timeout + 5, exit=True, file=fd)
     try:
         yield
     finally:
