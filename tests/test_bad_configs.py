@@ -141,13 +141,15 @@ def test_bad_config_dict(serving):
 def test_backend_unavailable_changes_nothing(serving, monkeypatch):
     """A valid config whose execution mode cannot run here fails before anything is installed."""
     from opregistry.backends.arm import device as arm_device
+    from opregistry.backends.arm import plugin as arm_plugin
 
-    monkeypatch.setattr(arm_device, "triton_cpu_status",      # as on a host without Triton-CPU
-                        lambda: arm_device.TritonCpuStatus(False, False, "triton is not installed"))
+    absent = lambda: arm_device.TritonCpuStatus(False, False, "triton is not installed")  # noqa: E731
+    for module in (arm_device, arm_plugin):                   # as on a host without Triton-CPU
+        monkeypatch.setattr(module, "triton_cpu_status", absent)
     reg, backend, probe = serving
     before = _snapshot(reg)
-    with pytest.raises(BackendUnavailable, match="interpreter"):
-        reg.enable(backend="arm", execution="compiled")
+    with pytest.raises(BackendUnavailable, match="interpreter"):   # a config unlike the serving one (not a no-op)
+        reg.enable(backend="arm", execution="compiled", weight_cache={"max_bytes": 12345})
     _assert_unchanged(reg, before, backend, probe)
 
 
