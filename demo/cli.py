@@ -52,6 +52,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--backend", help="only this backend (PyTorch's own kernel, row 'pytorch', always runs); "
                                      "an error if it cannot run here")
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backends")
+    s.add_argument("--device", help="the --backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
+                                    "default: detected")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="a tiny MLP model (seconds; for tests)")
     s.add_argument("--per-channel", action="store_true",
@@ -66,6 +68,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--backend", help="only this backend (PyTorch's own kernel, row 'pytorch', always runs); "
                                      "an error if it cannot be timed here")
     s.add_argument("--execution", choices=EXECUTIONS)
+    s.add_argument("--device", help="the --backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
+                                    "default: detected")
     s.add_argument("--include-interpreter", action="store_true",
                    help="also time backends through Triton's interpreter (validation only: very slow)")
     s.add_argument("--seed", type=int, default=0)
@@ -103,7 +107,7 @@ def cmd_demo(args) -> int:
     env = w.environment()
     print(f"opregistry demo on {env['machine']}: torch {env['torch']}, triton {env['triton']}, "
           f"quantized engine {env['quantized_engine']}, threads: {env['threads']}")
-    impls = w.select_impls(args.backend, args.execution)
+    impls = w.select_impls(args.backend, args.execution, device=args.device)
     print("Implementations: " + ", ".join(i.label for i in impls))
     if any(i.is_interpreter for i in impls):
         print("  (an [interpreter] run executes the backend's Triton kernels through Triton's interpreter "
@@ -180,7 +184,7 @@ def _bench(args, w, shapes, shapes_given) -> int:
         return _bench_fidelity(args, w, env, shapes if shapes_given else [(2048, 2048)])
     # Every backend that can run here, through the interpreter if need be: the host-overhead and
     # memory probes stub the kernel launch, so any execution serves them; throughput needs speed.
-    impls = w.select_impls(args.backend, args.execution, include_interpreter=True, out=log)
+    impls = w.select_impls(args.backend, args.execution, include_interpreter=True, out=log, device=args.device)
     timed = [i for i in impls if args.include_interpreter or not i.is_interpreter]
     for impl in impls:
         if impl not in timed:

@@ -139,16 +139,19 @@ class Impl:
 
 
 def select_impls(backend: str | None = None, execution: str | None = None,
-                 include_interpreter: bool = True, out=None) -> list[Impl]:
+                 include_interpreter: bool = True, out=None, device: str | None = None) -> list[Impl]:
     """PyTorch's own kernel plus each backend that can be enabled here (or just ``backend``).
 
     A backend that is unavailable with its default execution is tried with
     ``execution='interpreter'`` (labelled as validation) when
     ``include_interpreter`` is set. One that cannot run at all is reported and
     skipped, or raises :class:`DemoError` with the reason when it is the
-    ``backend`` asked for.
+    ``backend`` asked for. ``device`` picks that backend's packaged table by name
+    (the config key ``device``); it needs ``backend``.
     """
     out = out or sys.stdout
+    if device is not None and backend is None:
+        raise DemoError(f"device {device!r} names one backend's packaged table: give the backend too (--backend)")
     rows = registry.backends()
     names = [r["name"] for r in rows]
     if backend is not None and backend not in names:
@@ -161,12 +164,14 @@ def select_impls(backend: str | None = None, execution: str | None = None,
         tries = [{"execution": execution}] if execution else [{}]
         if not execution and not row["available"] and include_interpreter:
             tries.append({"execution": "interpreter"})
+        if device is not None:
+            tries = [{**t, "device": device} for t in tries]
         errors = []
         for overrides in tries:
             try:
                 cfg = registry.default_registry().build_config(name, **overrides)
                 if cfg.execution == "interpreter":
-                    overrides = {"execution": "interpreter"}
+                    overrides = {**overrides, "execution": "interpreter"}
                 with registry.enabled(backend=name, **overrides):   # probe: the runtime can be built
                     pass
             except (BackendUnavailable, RegistryError) as exc:

@@ -22,8 +22,14 @@ RULES = [
 ]
 
 
-def runtime(scheme: str) -> ArmRuntime:
-    ops = {op: {"activation_scale": scheme, "routing": RULES} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+FUSED_RULES = [
+    {"name": "fused-m1", "when": {"m": 1}, "kernel": "gemv", "block_m": 1, "block_n": 64, "block_k": 32},
+    {"name": "fused-dot8", "kernel": "dot", "block_m": 8, "block_n": 64, "block_k": 32},
+]
+
+
+def runtime(scheme: str, rules=RULES) -> ArmRuntime:
+    ops = {op: {"activation_scale": scheme, "routing": rules} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
     return ArmRuntime(registry.Registry().build_config("arm", device="generic", execution=ARM_EXECUTION, ops=ops))
 
 
@@ -70,3 +76,34 @@ def test_prequant_is_rejected_for_int_mm():
     rules = [{"name": "all", "kernel": "dot_prequant", "block_m": 8, "block_n": 64, "block_k": 32}]
     with pytest.raises(registry.ConfigError, match="dot_prequant quantizes float activations"):
         registry.Registry().build_config("arm", execution=ARM_EXECUTION, ops={"aten::_int_mm": {"routing": rules}})
+
+
+@pytest.mark.skipif(ARM_EXECUTION != "compiled",
+                    reason="direct launches are made only for compiled kernels (--arm-execution=compiled)")
+@pytest.mark.parametrize("rules", [RULES, FUSED_RULES], ids=["prequant", "fused"])
+@pytest.mark.parametrize("scheme", ["per_row", "pytorch"])
+def test_direct_launches_repeat_the_jit_launch(scheme, rules):
+    """After its first launch per (M, X strides, pointer alignment) a plan repeats the
+    compiled kernels through Triton's launcher; the results are bit-exact with the
+    first launch's, and a call that Triton would specialize differently (X at a
+    4-byte offset, transposed X, another M) is bound anew, not launched wrongly."""
+    rt = runtime(scheme, rules)
+    runner = rt.runners[LINEAR_DYNAMIC]
+    packed = make_packed(70, 48, per_channel=True, zero_points=True)
+    base = torch.randn(17 * 48 + 1) * 3 + 0.5
+    cases = {
+        "aligned": base[:17 * 48].view(17, 48),
+        "offset-4-bytes": base[1:].view(17, 48),
+        "transposed": base[:17 * 48].view(48, 17).t(),
+        "m1": base[:48].view(1, 48),
+    }
+    firsts = {name: runner(x, packed, True) for name, x in cases.items()}
+    for name, x in cases.items():
+        extra = {"reduce_range": True} if scheme == "pytorch" else {}
+        assert_matches_contract(firsts[name], x, packed, mode=scheme, **extra)
+        for _ in range(2):
+            assert torch.equal(runner(x, packed, True), firsts[name]), name
+    p = rt.weight(packed, runner.spec, LINEAR_DYNAMIC)
+    assert sum(plan.bound.direct for plan in p.plans.values()) == 2 * len(cases)
+    entries = [entry for plan in p.plans.values() for entry in plan.bound.entries.values()]
+    assert len(entries) == len(cases) and None not in entries      # one binding per specialization

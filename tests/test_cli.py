@@ -357,3 +357,35 @@ def test_subprocess_entry_point(tmp_path):
     assert str(bad) in fail.stderr and "execution" in fail.stderr
     helped = subprocess.run([sys.executable, "-m", "opregistry.registry.cli", "bench", "--help"], **run)
     assert helped.returncode == 0 and "--threads" in helped.stdout     # added by the demo plugin
+
+
+def test_device_needs_a_backend(capsys, no_measuring):
+    assert main(["bench", "--shapes", "8x8", "--m", "1", "--device", "x86-proxy"]) == 1
+    assert "give the backend too (--backend)" in capsys.readouterr().err
+
+
+def test_bench_device_picks_the_backends_packaged_table(capsys):
+    argv = ["bench", "--json", "--backend", "arm", "--execution", "interpreter", "--include-interpreter",
+            "--device", "x86-proxy", "--shapes", "16x128", "--m", "1", "--min-time", "0.001", "--no-overhead"]
+    seen = []
+    real = workloads.Impl.active
+
+    def spy(self):
+        cm = real(self)
+        if self.backend == "arm":
+            seen.append(dict(self.overrides))
+        return cm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workloads.Impl, "active", spy)
+        assert main(argv) == 0
+    assert seen and all(o == {"execution": "interpreter", "device": "x86-proxy"} for o in seen)
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["impl"] for r in rows} == {"pytorch", "arm[interpreter]"}
+
+
+def test_bench_unknown_device_names_the_tables(capsys, no_measuring):
+    assert main(["bench", "--shapes", "8x8", "--m", "1", "--backend", "arm", "--execution", "interpreter",
+                 "--include-interpreter", "--device", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no packaged config for device 'nope'" in err and "x86-proxy" in err

@@ -22,7 +22,7 @@ from opregistry.backends.cuda import kernels as K
 from opregistry.backends.cuda.config import CudaRule, validate_rule
 from opregistry.backends.cuda.device import table_for
 from opregistry.backends.cuda.plugin import CudaPlugin
-from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, split_k_for
+from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, prefetch_units, split_k_for
 from opregistry.backends.common import unpack_weight
 from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.testing import check, contract_tolerance, make_packed
@@ -311,7 +311,7 @@ def _nvidia_compiler_available() -> bool:
 _DIVISIBLE = {"Kp", "stride_qm", "stride_wn", "K_PER_SPLIT", "stride_om", "stride_xm"}
 
 
-def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False):
+def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False, prefetch=0):
     """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -338,7 +338,8 @@ def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split
                      K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
     tiles = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k)
     if rule.kernel == "dot_streamk":
-        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl), warps, stages)
+        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl, PREFETCH=prefetch),
+                     warps, stages)
     if rule.kernel in ("dot", "dot_splitk"):
         consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none, PDL=pdl)
         return build(K.dot_kernel, dot_types, consts, warps, stages)
@@ -357,7 +358,7 @@ def compile_quantize_sm90(block_k, qblock, scan_once, warps, pdl=False):
 
     fn = K.quantize_kernel
     types = dict(x_ptr="*fp32", xq_ptr="*i8", scale_ptr="*fp32", rowsum_ptr="*i32", absmax_ptr="*fp32",
-                 out_ptr="*fp32", K="i32", Kp="i32", N="i32", CHUNK_K="i32", CHUNK_N="i32", stride_xm="i32",
+                 out_ptr="*fp32", M="i32", K="i32", Kp="i32", N="i32", CHUNK_K="i32", CHUNK_N="i32", stride_xm="i32",
                  stride_xk="i32", stride_qm="i32", stride_om="i32")
     consts = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=True, WANT_ROWSUM=False,
                   ZERO_OUT=True, rowsum_ptr=None, absmax_ptr=None, stride_xk=1, PDL=pdl)
@@ -380,7 +381,7 @@ def test_packaged_rules_compile_for_sm90(reg, device):
                 assert "mma" in ptx, f"{rule.name}: no tensor-core instruction in the PTX"
                 if (rule.num_stages or 3) > 1:
                     assert "cp.async" in ptx, f"{rule.name}: the K loop is not pipelined (no cp.async)"
-    for block_k, qblock, scan_once, warps in ((32768, 2048, True, 16), (4096, 4096, True, 8), (1024, 1024, False, 2)):
+    for block_k, qblock, scan_once, warps in ((32768, 2048, True, 16), (4096, 4096, True, 8), (4096, 4096, False, 8)):
         assert "ld.global" in compile_quantize_sm90(block_k, qblock, scan_once, warps).asm["ptx"]
 
 
@@ -392,6 +393,24 @@ def test_pdl_variants_compile_with_grid_dependency_control():
         ptx = compile_rule_sm90(rule, pdl=True).asm["ptx"]
         assert "griddepcontrol.wait" in ptx, rule.name
         assert "griddepcontrol" not in compile_rule_sm90(rule).asm["ptx"], rule.name
+
+
+@pytest.mark.skipif(not (_nvidia_compiler_available() and K.HAS_GDC), reason="Triton has no NVIDIA backend or no gdc")
+def test_streamk_prefetch_compiles_before_the_wait():
+    """Stream-K's L2 prefetch (one line per thread per unit) is issued before it waits for the prepass."""
+    rule = _r("s", "dot_streamk", 16, 64, 256, num_stages=4)
+    ptx = compile_rule_sm90(rule, pdl=True, prefetch=3).asm["ptx"]
+    assert ptx.count("prefetch.global.L2") == 3
+    assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+    assert "prefetch" not in compile_rule_sm90(rule, pdl=True).asm["ptx"]
+
+
+def test_prefetch_units():
+    assert prefetch_units(0, 396, 4144, 64, 256) == 0
+    assert prefetch_units(20 * 2**20, 396, 4144, 64, 256) == 4        # ~26 MB asked of L2 in all
+    assert prefetch_units(20 * 2**20, 396, 500, 64, 256) == 2         # never past the program's range
+    assert prefetch_units(20 * 2**20, 396, 4144, 64, 64) == 0         # narrower than a 128-byte line
+    assert prefetch_units(2**40, 8, 10**6, 64, 256) == 8              # capped (a constexpr per value)
 
 
 # ---------------------------------------------------------------------------

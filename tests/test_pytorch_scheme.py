@@ -232,7 +232,7 @@ def test_dispatcher_matches_pytorchs_op_on_every_engine(engine, reduce_range, re
     with quantized_engine(engine):
         for label, packed in _weights(engine):
             y_pytorch = op(x, packed, reduce_range)
-            for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+            for backend, extra in (("arm", {"execution": ARM_EXECUTION}), ("reference", {})):
                 with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
                     y = op(x, packed, reduce_range)
                     assert registry.status()["ops"][name]["backend"] == backend
@@ -256,7 +256,7 @@ def test_module_fast_path_matches_pytorchs_module_on_every_engine(engine, reduce
                 module.set_weight_bias(*torch.ops.quantized.linear_unpack(packed))
             module.version = 4 if reduce_range else 3
             y_pytorch = module(x)
-            with registry.enabled(backend="arm", execution="interpreter", ops=PYTORCH_OPS):
+            with registry.enabled(backend="arm", execution=ARM_EXECUTION, ops=PYTORCH_OPS):
                 before = registry.status()["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC]
                 ys = [module(x), module(x)]                  # first call prepares, second takes the direct route
                 st = registry.status()
@@ -276,7 +276,7 @@ def test_the_engine_that_packed_the_weight_decides(packed_under, run_under):
     x = torch.randn(3, 70, generator=torch.Generator().manual_seed(2)) * 3 + 0.5
     with quantized_engine(run_under):
         y_pytorch = torch.ops.quantized.linear_dynamic(x, packed, True)
-        for backend, extra in (("arm", {"execution": "interpreter"}), ("reference", {})):
+        for backend, extra in (("arm", {"execution": ARM_EXECUTION}), ("reference", {})):
             with registry.enabled(backend=backend, ops=PYTORCH_OPS, **extra):
                 y = torch.ops.quantized.linear_dynamic(x, packed, True)
             _assert_like_pytorch(y, y_pytorch, x, packed, APPLIES[packed_under], backend)

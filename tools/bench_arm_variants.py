@@ -12,6 +12,8 @@ kind on a shared host). First calls (the compiles) are timed separately.
         --shape 2048x2048 --m 1 2 3 8 64 --variants gemv:1x64x32 dot:4x64x32:pad dot_prequant:64x64x32
 
 A variant is ``kernel:BMxBNxBK[:pad]`` (``pad``: pad M to a multiple of BM).
+Its weight layout is ``[K/32, N/64]`` tiles, or ``BN`` columns wide when BN > 64
+(a rule's tiles must divide the layout's).
 Variants whose tiles cannot serve an M (a dot tile of more rows than M without
 padding) still run, with masks on the M edge.
 """
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     for v in variants:
         rule = {key: v[key] for key in ("kernel", "block_m", "block_n", "block_k", "pad_m")}
-        ops = {op: {"routing": [{"name": "only", **rule}], "activation_scale": args.scheme}
+        layout = {"block_k": max(32, v["block_k"]), "block_n": max(64, v["block_n"])}
+        ops = {op: {"routing": [{"name": "only", **rule}], "activation_scale": args.scheme, "weight_layout": layout}
                for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
         cfg = registry.Registry().build_config("arm", device="generic", execution="compiled", ops=ops)
         rt = ArmRuntime(cfg)

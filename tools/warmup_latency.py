@@ -4,7 +4,7 @@
 after ``warmup`` (a separate process compiled them into the persistent cache
 first). Each measurement runs in a fresh process with its own TRITON_CACHE_DIR.
 
-    TRITON_CPU_BACKEND=1 OMP_NUM_THREADS=2 python tools/warmup_latency.py [--quick] [--json out.json]
+    TRITON_CPU_BACKEND=1 OMP_NUM_THREADS=2 python tools/warmup_latency.py [--quick] [--device NAME] [--json out.json]
 
 The model is ``opregistry demo``'s default MLP stack (or ``--quick``'s), fed the
 demo's M values in one forward each; "first forward" is the wall time of that
@@ -29,6 +29,7 @@ import torch
 from opregistry import registry
 from opregistry.demo.workloads import MLP_SIZES, MLPStack, quantize
 mode, quick, execution = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+enable = {"execution": execution, **({"device": sys.argv[4]} if sys.argv[4] else {})}
 torch.set_num_threads(2)
 size = MLP_SIZES["quick" if quick else "default"]
 model = MLPStack(size["hidden"], size["intermediate"], size["layers"], size["vocab"], 0).eval()
@@ -40,11 +41,11 @@ with torch.no_grad():
     if mode == "warmup":
         from opregistry.backends.arm.warmup import warmup
         t0 = time.perf_counter()
-        report = warmup(qmodel, ms=size["ms"], execution=execution)
+        report = warmup(qmodel, ms=size["ms"], **enable)
         out["warmup_s"] = time.perf_counter() - t0
         out["warmup_calls"] = report["calls"]
     else:
-        with registry.enabled(backend="arm", execution=execution):
+        with registry.enabled(backend="arm", **enable):
             t0 = time.perf_counter()
             for x in inputs:
                 qmodel(x)
@@ -58,10 +59,10 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-def run(mode: str, cache: str, quick: bool, execution: str) -> dict:
+def run(mode: str, cache: str, quick: bool, execution: str, device: str | None) -> dict:
     env = {**os.environ, "TRITON_CACHE_DIR": cache}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, "1" if quick else "0", execution],
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, "1" if quick else "0", execution, device or ""],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT")]
@@ -76,15 +77,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--execution", default="compiled")
+    p.add_argument("--device", help="the arm backend's packaged table (default: detected)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as cold, tempfile.TemporaryDirectory() as warm:
-        results = {"cold": run("forward", cold, args.quick, args.execution)}
+        results = {"cold": run("forward", cold, args.quick, args.execution, args.device)}
         print(f"cold first forward: {results['cold']['first_forward_s']:.2f} s "
               f"(second: {results['cold']['second_forward_s'] * 1e3:.1f} ms)", flush=True)
-        results["warmup"] = run("warmup", warm, args.quick, args.execution)
+        results["warmup"] = run("warmup", warm, args.quick, args.execution, args.device)
         print(f"warmup: {results['warmup']['warmup_s']:.2f} s, {results['warmup']['warmup_calls']} calls", flush=True)
-        results["warm"] = run("forward", warm, args.quick, args.execution)
+        results["warm"] = run("forward", warm, args.quick, args.execution, args.device)
         print(f"warm first forward: {results['warm']['first_forward_s']:.2f} s "
               f"(second: {results['warm']['second_forward_s'] * 1e3:.1f} ms)", flush=True)
     if args.json:

@@ -35,6 +35,8 @@ AARCH64_COUNTS = {
     "smmla": r"\b(?:s|u|us)mmla\b",
     "sdot": r"\b(?:s|u|us|su)dot\b",
     "widening_mul": r"\b(?:s|u)mull2?\b|\b(?:s|u)mlal2?\b|\bmul\s+(?:v|z)\d",
+    "fmla": r"\bfml[as]\s+(?:v|z)\d",                    # fp32 vector multiply-add (the dot-free kernels)
+    "scvtf": r"\bscvtf\s+(?:v|z)\d",                     # int -> fp32 vector conversion
     "vector_loads": r"\b(?:ld1[a-z]*|ld[234]|ldr|ldp|ldur)\s+(?:q|z|d|v)\d",
     "vector_stores": r"\b(?:st1[a-z]*|st[234]|str|stp|stur)\s+(?:q|z|d|v)\d",
     "spills": r"\b(?:str|stp|stur|st1[a-z]*)\s+[^\n]*\[(?:sp|x29)\b",
@@ -46,8 +48,10 @@ X86_COUNTS = {
     "vpmaddwd": r"\bvpmaddwd\b",            # 16-bit multiply, pairwise add
     "vpmaddubsw": r"\bvpmaddubsw\b",
     "vpmulld": r"\bvpmulld\b",              # 32-bit multiply: the generic int8 lowering
+    "vfmadd": r"\bvfn?madd[0-9]*ps\b",        # fp32 multiply-add (the dot-free kernels)
+    "vcvtdq2ps": r"\bvcvtdq2ps\b",          # int32 -> fp32
     "tdpbssd": r"\btdpb[su][su]d\b",         # AMX
-    "spills": r"\bmov[a-z0-9]*\s+[^\n]*,\s*-?\d*\(%rsp\)",
+    "spills": r"\bv?mov[a-z0-9]*\s+[^\n]*,\s*-?\d*\(%rsp\)",     # incl. AVX vmovups/vmovaps
     "instructions": r"^\s+[a-z][a-z0-9]*\s",
 }
 
@@ -71,6 +75,8 @@ def retarget(llir: str, llc: str, triple: str = AARCH64_TRIPLE, attrs: str = AAR
     stripped = re.sub(r'^target (datalayout|triple) = ".*"\n', "", llir, flags=re.MULTILINE)
     # Host CPU/feature attributes (e.g. "target-cpu"="sapphirerapids") do not apply to AArch64.
     stripped = re.sub(r'"target-(cpu|features)"="[^"]*"', "", stripped)
+    # A group left empty is a parse error: keep it valid with an inert string attribute.
+    stripped = re.sub(r"^(attributes #\d+ = \{)\s*\}", r'\1 "opregistry-retargeted" }', stripped, flags=re.MULTILINE)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ll"
         src.write_text(stripped)
@@ -183,11 +189,13 @@ def _line(entry: dict) -> str:
         a = kern.get("aarch64")
         h = kern.get("host", {})
         host = (f" host: vpdpbusd {h.get('vpdpbusd', 0)} vpmaddwd {h.get('vpmaddwd', 0)} "
-                f"vpmulld {h.get('vpmulld', 0)} spills {h.get('spills', 0)}") if h else ""
+                f"vpmulld {h.get('vpmulld', 0)} vfmadd {h.get('vfmadd', 0)} vcvtdq2ps {h.get('vcvtdq2ps', 0)} "
+                f"spills {h.get('spills', 0)}") if h else ""
         if a is None:
             parts.append(f"{kern['name']}: aarch64 FAILED: {kern.get('aarch64_error')}{host}")
         else:
             parts.append(f"{kern['name']}: aarch64 smmla {a['smmla']} sdot {a['sdot']} mul {a['widening_mul']} "
+                         f"fmla {a['fmla']} scvtf {a['scvtf']} "
                          f"vld {a['vector_loads']} vst {a['vector_stores']} spills {a['spills']}/{a['reloads']} "
                          f"insns {a['instructions']};{host}")
     return f"{head} " + " || ".join(parts)

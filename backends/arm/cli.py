@@ -52,6 +52,7 @@ def add_commands(subparsers) -> None:
     s.add_argument("--zero-points", action="store_true", help="weights with non-zero zero points")
     s.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     s.add_argument("--config", help="deployment config file (as for registry.enable)")
+    s.add_argument("--device", help="packaged table by name (generic, cix-p1, x86-proxy; default: detected)")
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override (default: the config's)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_warmup)
@@ -75,8 +76,9 @@ def cmd_warmup(args) -> int:
     layers = [LayerSignature(k, n, not args.no_bias, args.zero_points, args.per_channel, relu)
               for k, n in args.shapes for relu in ((False, True) if args.relu else (False,))]
     enable = {"config": args.config} if args.config else {}
-    if args.execution:
-        enable["execution"] = args.execution
+    for key in ("device", "execution"):
+        if getattr(args, key):
+            enable[key] = getattr(args, key)
     try:
         report = warmup(layers=layers, ms=args.m, max_m=args.max_m, **enable)
     except ValueError as exc:

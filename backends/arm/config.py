@@ -75,6 +75,9 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
             raise rule.error("kernel", f"{common['kernel']} quantizes float activations; {INT_MM} takes int8 "
                                        "operands (use dot or gemv)")
         tiles = read_tiles(rule)
+        if common["kernel"] == "gemv_prequant" and tiles["block_k"] > 1024:
+            raise rule.error("block_k", f"gemv_prequant sums one K tile in fp32, exact up to 1024 (got "
+                                        f"{tiles['block_k']})")
         for tile in ("block_k", "block_n"):
             if getattr(layout, tile) % tiles[tile]:
                 layout_src = settings.source(f"weight_layout.{tile}")

@@ -112,10 +112,11 @@ def triton_cpu_status() -> TritonCpuStatus:
 
 
 # -- which execution `auto` selects -------------------------------------------
-# Triton-CPU also builds and runs on x86_64, but int8 tl.dot is lowered there
-# generically (32-bit multiplies, no VNNI): measured 15-110x slower than PyTorch's
-# own fbgemm kernel on the same host (docs/BENCHMARKS.md). It is a validation proxy
-# for the ARM kernels, never a silent default.
+# Triton-CPU also builds and runs on x86_64, but int8 arithmetic is lowered there
+# generically (no VNNI): measured 1.3-7.5x slower than PyTorch's own fbgemm kernel on
+# the same host with the table tuned for it (device: x86-proxy), 20-30x with the
+# ARM tables' tl.dot prefill rules (docs/BENCHMARKS.md). A validation proxy for
+# the ARM kernels, never a silent default.
 AUTO_COMPILED_MACHINES = ("aarch64", "arm64")
 _proxy_warned = False
 
@@ -127,9 +128,10 @@ def auto_selects_compiled(machine: str | None = None) -> bool:
 
 def proxy_note(machine: str | None = None) -> str:
     machine = machine or platform.machine()
-    return (f"Triton-CPU on {machine} is a validation proxy for the ARM kernels, not a deployment: it lowers int8 "
-            "tl.dot generically (no i8mm/VNNI), 15-110x slower than PyTorch's own quantized kernel on the same "
-            "host (docs/BENCHMARKS.md)")
+    return (f"Triton-CPU on {machine} is a validation proxy for the ARM kernels, not a deployment: it lowers "
+            "int8 arithmetic generically (no i8mm/VNNI), 1.3-7.5x slower than PyTorch's own quantized kernel on "
+            "the same host with the table tuned for it (device: x86-proxy), 20-30x with the ARM tables' tl.dot "
+            "rules (docs/BENCHMARKS.md)")
 
 
 def compiled_unavailable_reason(mode: str, status: TritonCpuStatus | None = None,

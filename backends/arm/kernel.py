@@ -27,6 +27,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from opregistry.backends.common.launch import BoundLaunches, jit_function_class
+
 QMAX = tl.constexpr(127.0)    # symmetric int8 range [-127, 127]
 UMAX = tl.constexpr(255.0)    # PyTorch's uint8 activations (its reduce_range only narrows the scale)
 INF = tl.constexpr(float("inf"))
@@ -157,7 +159,7 @@ class LaunchPlan:
     (with ``colsum`` when ``act`` is ``ACT_PYTORCH``).
     """
 
-    __slots__ = ("block_m", "n", "k", "grid_n", "w_args", "sizes", "consts", "tails")
+    __slots__ = ("block_m", "n", "k", "grid_n", "w_args", "sizes", "consts", "tails", "bound")
 
     def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu):
         n, k = weight.n, weight.k
@@ -178,15 +180,20 @@ class LaunchPlan:
         # Indexed by ``m % block_m == 0``.
         self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})
         self.tails = tuple(tuple(c[name] for name in _CONSTEXPRS) for c in self.consts)
+        self.bound = BoundLaunches()     # compiled mode: launches repeated through Triton's launcher
 
     def __call__(self, kernel, x2d, m, stride_xm, stride_xk, out, x_scale=1.0, x_inv_scale=1.0, x_zp=0):
         """Launch ``kernel`` (``qlinear_kernel`` compiled or interpreted) for ``x2d``
         (``[m, K]`` fp32, any strides) into ``out`` (``[m, N]`` fp32, row stride N)."""
         bm = self.block_m
         n, k, blocks_n = self.sizes
-        kernel[(-(-m // bm), self.grid_n)](
-            x2d, *self.w_args, out, m, n, k, blocks_n, stride_xm, stride_xk, n,
-            x_scale, x_inv_scale, x_zp, *self.tails[m % bm == 0])
+        grid = (-(-m // bm), self.grid_n)
+        args = (x2d, *self.w_args, out, m, n, k, blocks_n, stride_xm, stride_xk, n, x_scale, x_inv_scale, x_zp)
+        if isinstance(kernel, jit_function_class()):       # compiled (not interpreted, not a stub)
+            key = (m, stride_xm, stride_xk, x2d.data_ptr() & 15, out.data_ptr() & 15)
+            self.bound.run(key, ((kernel, grid, args, self.consts[m % bm == 0]),))
+        else:
+            kernel[grid](*args, *self.tails[m % bm == 0])
         return out
 
 

@@ -101,18 +101,38 @@ def qgemm_kernel(
     w_tile_n = (tile_n // LAYOUT_N) * (LAYOUT_K * LAYOUT_N) + tile_n % LAYOUT_N
     w_in_tile = rk[:, None] * LAYOUT_N + tl.arange(0, BLOCK_N)[None, :]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    acc1 = tl.zeros([BLOCK_N], dtype=tl.int32)           # BLOCK_M == 1 without tl.dot: one row's sums
+    x_row = xq_ptr + pid_m * stride_qm
+    w_cols = tl.arange(0, BLOCK_N)
     for k0 in range(0, K_PAD, BLOCK_K):
         a = tl.load(a_tile + k0)
         w_off = (k0 // LAYOUT_K) * LAYOUT_BLOCKS_N * (LAYOUT_K * LAYOUT_N) + (k0 % LAYOUT_K) * LAYOUT_N
         b = tl.load(w_ptr + w_off + w_tile_n + w_in_tile)
         if USE_DOT:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-        elif BLOCK_M == 1:   # one row: scale the weight tile's rows and add them up (no 3-D temporary)
-            a1 = tl.load(xq_ptr + pid_m * stride_qm + k0 + rk)
-            acc += tl.sum(a1.to(tl.int32)[:, None] * b.to(tl.int32), axis=0)[None, :]
-        else:
-            acc += tl.sum(a.to(tl.int32)[:, :, None] * b.to(tl.int32)[None, :, :], axis=1)
+        elif BLOCK_M == 1:
+            # Dot-free: weight row k times the scalar x[k], added up row by row, in
+            # 1-D vectors (no reduction across lanes and no [BK, BN] temporary, which
+            # the generic lowering spills and shuffles). Products and their sum over
+            # one K tile are integers below 2**24 (|x|, |w| <= 128, BLOCK_K <= 1024:
+            # checked by the plan), so fp32 multiply-adds are exact here and cheaper
+            # than 32-bit integer multiplies; each tile's sum joins the int32 total.
+            part1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for kk in tl.static_range(BLOCK_K):
+                a_k = tl.load(x_row + k0 + kk).to(tl.float32)
+                b_k = tl.load(w_ptr + w_off + w_tile_n + kk * LAYOUT_N + w_cols).to(tl.float32)
+                part1 += a_k * b_k
+            acc1 += part1.to(tl.int32)
+        else:       # the same for BLOCK_M rows: outer products of a column of X_q and a weight row
+            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for kk in tl.static_range(BLOCK_K):
+                a_k = tl.load(xq_ptr + rm * stride_qm + k0 + kk).to(tl.float32)
+                b_k = tl.load(w_ptr + w_off + w_tile_n + kk * LAYOUT_N + w_cols).to(tl.float32)
+                part += a_k[:, None] * b_k[None, :]
+            acc += part.to(tl.int32)
 
+    if BLOCK_M == 1 and not USE_DOT:
+        acc = acc + acc1[None, :]
     x_scale = tl.load(scale_ptr + rm)                  # NaN marks a row with non-finite input
     if HAS_WZP:
         acc = acc - tl.load(rowsum_ptr + rm)[:, None] * tl.load(w_zp_ptr + rn)[None, :]

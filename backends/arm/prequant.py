@@ -13,9 +13,18 @@ from __future__ import annotations
 import torch
 
 from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.launch import BoundLaunches, jit_function_class
 from opregistry.backends.common.weights import round_up
 
 from .kernel_prequant import QUANT_BLOCK_K_MAX, qgemm_kernel, quantize_rows_kernel
+
+# |x_q|, |w| <= 128, so a K tile's sum of products stays within 2**24 (exact in fp32) up to this.
+EXACT_FP32_BLOCK_K = 1024
+_QUANT_CONSTEXPRS = ("QBLOCK_K", "ACT", "HAS_ROWSUM")
+_GEMM_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "LAYOUT_K", "LAYOUT_N", "EVEN_M", "EVEN_N", "ACT", "HAS_BIAS",
+                    "HAS_WZP", "RELU", "USE_DOT")
+assert tuple(quantize_rows_kernel.arg_names[-len(_QUANT_CONSTEXPRS):]) == _QUANT_CONSTEXPRS
+assert tuple(qgemm_kernel.arg_names[-len(_GEMM_CONSTEXPRS):]) == _GEMM_CONSTEXPRS
 
 PREQUANT_KERNEL = "dot_prequant"     # routing-table names of this variant: with tl.dot,
 PREQUANT_GEMV = "gemv_prequant"      # and dot-free (any M; decode)
@@ -24,27 +33,27 @@ _INTERPRETED: dict = {}
 
 
 def _kernels_like(kernel):
-    """(quantize, gemm) in the mode of the runtime's ``kernel``."""
+    """(quantize, gemm) in the mode of the runtime's ``kernel`` when it is not compiled:
+    interpreted, or a stub (host-overhead measurement) that launches nothing."""
     if isinstance(kernel, InterpretedKernel):
         if not _INTERPRETED:
             _INTERPRETED["k"] = (InterpretedKernel(quantize_rows_kernel), InterpretedKernel(qgemm_kernel))
         return _INTERPRETED["k"]
-    try:
-        from triton.runtime.jit import JITFunction
-    except ImportError:          # pragma: no cover - the runtime imported triton already
-        JITFunction = ()
-    if isinstance(kernel, JITFunction):
-        return quantize_rows_kernel, qgemm_kernel
-    return kernel, kernel        # a stub (host-overhead measurement) launches nothing
+    return kernel, kernel
+
+
 
 
 class PrequantPlan:
     """A ``dot_prequant`` launch on one prepared weight, tiles and scheme."""
 
     __slots__ = ("block_m", "n", "k", "k_pad", "grid_n", "w_args", "sizes", "consts", "quant_consts",
-                 "has_rowsum")
+                 "quant_tail", "tails", "has_rowsum", "bound")
 
     def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu):
+        if not use_dot and block_k > EXACT_FP32_BLOCK_K:
+            raise ValueError(f"gemv_prequant sums one K tile in fp32, exact up to block_k={EXACT_FP32_BLOCK_K}; "
+                             f"got block_k={block_k}")
         n, k = weight.n, weight.k
         self.block_m, self.n, self.k = block_m, n, k
         self.k_pad = round_up(max(k, 1), weight.layout_k)       # the cached weight's K rows (zero-padded)
@@ -58,19 +67,31 @@ class PrequantPlan:
         self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})   # by m % block_m == 0
         self.quant_consts = dict(QBLOCK_K=min(QUANT_BLOCK_K_MAX, 1 << (self.k_pad - 1).bit_length()), ACT=act,
                                  HAS_ROWSUM=self.has_rowsum)
+        # Constexprs passed positionally, in each kernel's own order (cheaper than keywords per launch).
+        self.quant_tail = tuple(self.quant_consts[name] for name in _QUANT_CONSTEXPRS)
+        self.tails = tuple(tuple(c[name] for name in _GEMM_CONSTEXPRS) for c in self.consts)
+        # Compiled mode: both launches repeated through Triton's launcher (common/launch.py).
+        self.bound = BoundLaunches()
 
     def __call__(self, kernel, x2d, m, stride_xm, stride_xk, out, x_scale=1.0, x_inv_scale=1.0, x_zp=0):
-        quantize, gemm = _kernels_like(kernel)
         bm = self.block_m
         m_pad = -(-m // bm) * bm
         k_pad = self.k_pad
         xq = torch.empty(m_pad, k_pad, dtype=torch.int8)
         scale = torch.empty(m_pad, dtype=torch.float32)
         rowsum = torch.empty(m_pad, dtype=torch.int32) if self.has_rowsum else None
-        quantize[(m_pad,)](x2d, xq, scale, rowsum, m, self.k, k_pad, stride_xm, stride_xk, k_pad,
-                           x_scale, x_inv_scale, x_zp, **self.quant_consts)
         w_tiled, w_scale, w_zp, w_colsum, bias = self.w_args
         n, blocks_n = self.sizes
-        gemm[(m_pad // bm, self.grid_n)](xq, scale, rowsum, w_tiled, w_scale, w_zp, w_colsum, bias, out,
-                                         m, n, k_pad, blocks_n, k_pad, n, x_zp, **self.consts[m == m_pad])
+        quant_args = (x2d, xq, scale, rowsum, m, self.k, k_pad, stride_xm, stride_xk, k_pad,
+                      x_scale, x_inv_scale, x_zp)
+        gemm_args = (xq, scale, rowsum, w_tiled, w_scale, w_zp, w_colsum, bias, out,
+                     m, n, k_pad, blocks_n, k_pad, n, x_zp)
+        if isinstance(kernel, jit_function_class()):       # compiled (not interpreted, not a stub)
+            key = (m, stride_xm, stride_xk, x2d.data_ptr() & 15, out.data_ptr() & 15)
+            self.bound.run(key, ((quantize_rows_kernel, (m_pad,), quant_args, self.quant_consts),
+                                 (qgemm_kernel, (m_pad // bm, self.grid_n), gemm_args, self.consts[m == m_pad])))
+            return out
+        quantize, gemm = _kernels_like(kernel)
+        quantize[(m_pad,)](*quant_args, *self.quant_tail)
+        gemm[(m_pad // bm, self.grid_n)](*gemm_args, *self.tails[m == m_pad])
         return out

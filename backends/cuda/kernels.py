@@ -14,7 +14,7 @@ valid row (``rm % M``) and never stored.
 
 Kernels, one purpose each:
 
-* :func:`quantize_kernel`: activation prepass, one program per row: per-row
+* :func:`quantize_kernel`: activation prepass, rows spread over a grid of row programs: per-row
   (or per-tensor) absmax, symmetric int8 quantization (round half to even,
   IEEE division like PyTorch), writes ``Xq [M, Kp]`` int8 (zero padded),
   ``scale [M]`` fp32 (NaN marks a row with non-finite input) and optionally
@@ -94,59 +94,61 @@ def _absmax_abs(a):
 @triton.jit
 def quantize_kernel(
     x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr, out_ptr,
-    K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
+    M, K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
     BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SCAN_ONCE: tl.constexpr, PER_ROW: tl.constexpr,
     WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr, PDL: tl.constexpr = False,
 ):
-    """Grid ``(M, chunks)``: program ``(row, c)`` finds the row's absmax over all of K
-    (``SCAN_ONCE``: one load of the whole row, all of it in flight), then quantizes
-    only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of ``Xq``; several chunks per
-    row spread a decode row's divisions over several SMs. ``ZERO_OUT`` also zeroes
-    ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs that accumulate with
-    atomics (saves a memset launch). ``WANT_ROWSUM`` needs one chunk per row.
-    ``PDL``: let the GEMM launched after it (programmatic dependent launch) start
-    its programs now; it waits for this grid's results with ``gdc_wait``."""
+    """Grid ``(row programs, chunks)``: program ``(p, c)`` takes rows ``p, p + P, ...``
+    (``P`` row programs: for large M, few enough rows in flight that a row read for its
+    absmax is still in L2 when it is read again to be quantized); for each row it finds
+    the absmax over all of K (``SCAN_ONCE``: one load of the whole row, all of it in
+    flight), then quantizes only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of
+    ``Xq``; several chunks per row spread a decode row's divisions over several SMs.
+    ``ZERO_OUT`` also zeroes ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs
+    that accumulate with atomics (saves a memset launch). ``WANT_ROWSUM`` needs one
+    chunk per row. ``PDL``: let the GEMM launched after it (programmatic dependent
+    launch) start its programs now; it waits for this grid's results with ``gdc_wait``."""
     if PDL:
         gdc_launch_dependents()
-    row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
-    x_row = x_ptr + row * stride_xm
-    if PER_ROW:
-        rk = tl.arange(0, BLOCK_K)
-        if SCAN_ONCE:
-            absmax = tl.max(_absmax_abs(tl.load(x_row + rk * stride_xk, mask=rk < K, other=0.0)), axis=0)
-        else:
-            amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + rk
-                amax = tl.maximum(amax, _absmax_abs(tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)))
-            absmax = tl.max(amax, axis=0)
-    else:
-        absmax = tl.load(absmax_ptr)                   # per-tensor absmax computed by the caller
-    scale = _scale_from_absmax(absmax)
-    ok = scale == scale
-    safe = tl.where(ok, scale, 1.0)
+    rk = tl.arange(0, BLOCK_K)
     rq = tl.arange(0, QBLOCK)
     k_lo = c * CHUNK_K
     k_hi = tl.minimum(k_lo + CHUNK_K, Kp)
-    rsum = tl.zeros([QBLOCK], dtype=tl.int32)
-    for k0 in range(k_lo, k_hi, QBLOCK):
-        ks = k0 + rq
-        a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
-        q = _quantize(tl.where(ok, a, 0.0), safe)      # NaN/Inf kept out of the int cast
-        tl.store(xq_ptr + row * stride_qm + ks, q.to(tl.int8), mask=ks < k_hi)
-        if WANT_ROWSUM:
-            rsum += q.to(tl.int32)
-    if c == 0:
-        tl.store(scale_ptr + row, scale)
-        if WANT_ROWSUM:
-            tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
-    if ZERO_OUT:
-        n_lo = c * CHUNK_N
-        n_hi = tl.minimum(n_lo + CHUNK_N, N)
-        zero = tl.zeros([QBLOCK], dtype=tl.float32)
-        for n0 in range(n_lo, n_hi, QBLOCK):
-            tl.store(out_ptr + row * stride_om + n0 + rq, zero, mask=(n0 + rq) < n_hi)
+    for row in range(tl.program_id(0).to(tl.int64), M, tl.num_programs(0)):   # int64: row offsets
+        x_row = x_ptr + row * stride_xm
+        if PER_ROW:
+            if SCAN_ONCE:
+                absmax = tl.max(_absmax_abs(tl.load(x_row + rk * stride_xk, mask=rk < K, other=0.0)), axis=0)
+            else:
+                amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+                for k0 in range(0, K, BLOCK_K):
+                    ks = k0 + rk
+                    amax = tl.maximum(amax, _absmax_abs(tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)))
+                absmax = tl.max(amax, axis=0)
+        else:
+            absmax = tl.load(absmax_ptr)               # per-tensor absmax computed by the caller
+        scale = _scale_from_absmax(absmax)
+        ok = scale == scale
+        safe = tl.where(ok, scale, 1.0)
+        rsum = tl.zeros([QBLOCK], dtype=tl.int32)
+        for k0 in range(k_lo, k_hi, QBLOCK):
+            ks = k0 + rq
+            a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
+            q = _quantize(tl.where(ok, a, 0.0), safe)  # NaN/Inf kept out of the int cast
+            tl.store(xq_ptr + row * stride_qm + ks, q.to(tl.int8), mask=ks < k_hi)
+            if WANT_ROWSUM:
+                rsum += q.to(tl.int32)
+        if c == 0:
+            tl.store(scale_ptr + row, scale)
+            if WANT_ROWSUM:
+                tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
+        if ZERO_OUT:
+            n_lo = c * CHUNK_N
+            n_hi = tl.minimum(n_lo + CHUNK_N, N)
+            zero = tl.zeros([QBLOCK], dtype=tl.float32)
+            for n0 in range(n_lo, n_hi, QBLOCK):
+                tl.store(out_ptr + row * stride_om + n0 + rq, zero, mask=(n0 + rq) < n_hi)
 
 
 @triton.jit
@@ -222,22 +224,31 @@ def dot_kernel(
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 to fetch the 128-byte lines at ``ptrs`` (no registers held, nothing waits on it)."""
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def streamk_kernel(
     xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
     M, N, Kp, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
 ):
     """Decode GEMM (small M): the (tile, K block) iteration space is cut into equal
     contiguous ranges, one per program (a grid of exactly the resident programs), so
     every SM streams the same number of weight bytes, with no tail wave. A program
-    walks its range tile by tile and adds each tile's fp32 partial into ``out``
-    (zeroed by the prepass) with atomics; the partial that starts at K = 0 carries
-    the zero-point correction and the bias. ``PDL``: launched as a programmatic
-    dependent of the prepass, it waits here for the prepass's results (the launch
-    and the programs' start overlap the prepass)."""
-    if PDL:
-        gdc_wait()
+    walks its range as one flat, software-pipelined loop over units (no pipeline
+    drain where its range crosses from one tile to the next) and adds each tile's
+    fp32 partial into ``out`` (zeroed by the prepass) with atomics; the partial that
+    holds K block 0 carries the zero-point correction and the bias.
+
+    ``PREFETCH``: before waiting for the prepass (``PDL``), ask L2 for the weight
+    lines of the program's first ``PREFETCH`` units, so that HBM streams weights
+    while the activations are still being quantized (the weights do not depend on
+    them). ``PDL``: launched as a programmatic dependent of the prepass."""
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     k_blocks = Kp // BLOCK_K
@@ -245,31 +256,171 @@ def streamk_kernel(
     total = tl.cdiv(N, BLOCK_N) * tiles_m * k_blocks
     u0 = (pid * total) // num_programs
     u1 = ((pid + 1) * total) // num_programs
+    if PREFETCH > 0:
+        lines = tl.arange(0, BLOCK_K // 128) * 128       # one 128-byte line per (row, line) of a unit
+        for i in tl.static_range(PREFETCH):
+            u = tl.minimum(u0 + i, total - 1)            # past the range: a valid line, merely unneeded
+            t = u // k_blocks
+            rn = (t // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+            _prefetch_l2(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + ((u - t * k_blocks) * BLOCK_K
+                                                                           + lines)[None, :])
+    if PDL:
+        gdc_wait()
     rk = tl.arange(0, BLOCK_K)
-    for t in range(u0 // k_blocks, (u1 + k_blocks - 1) // k_blocks):
-        kb0 = tl.maximum(u0 - t * k_blocks, 0)
-        kb1 = tl.minimum(u1 - t * k_blocks, k_blocks)
-        pid_m = t % tiles_m                             # M tiles of one N tile are neighbours: weights shared in L2
+    t0 = u0 // k_blocks
+    first_kb = u0 - t0 * k_blocks                        # the first partial starts mid-tile unless 0
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    for u in range(u0, u1):
+        t = u // k_blocks
+        kb = u - t * k_blocks
+        pid_m = t % tiles_m                              # M tiles of one N tile are neighbours: weights shared in L2
         pid_n = t // tiles_m
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # < Np: the weight is padded to N_ALIGN
-        rm_safe = rm % M                               # clamp: unmasked A loads, rows never stored
-        a_ptrs = xq_ptr + rm_safe.to(tl.int64)[:, None] * stride_qm + rk[None, :]
-        b_ptrs = w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :]
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-        for kb in range(kb0, kb1):
-            a = tl.load(a_ptrs + kb * BLOCK_K)
-            b = tl.load(b_ptrs + kb * BLOCK_K)
-            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
-        xs = tl.load(xs_ptr + rm_safe)
-        if HAS_WZP:
-            rowsum = tl.load(rowsum_ptr + rm_safe)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)    # < Np: the weight is padded to N_ALIGN
+        rm_safe = rm % M                                # clamp: unmasked A loads, rows never stored
+        a = tl.load(xq_ptr + rm_safe.to(tl.int64)[:, None] * stride_qm + (kb * BLOCK_K + rk)[None, :])
+        b = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (kb * BLOCK_K + rk)[None, :])
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        if (kb == k_blocks - 1) | (u == u1 - 1):        # the tile's last unit in this range: flush
+            xs = tl.load(xs_ptr + rm_safe)
+            if HAS_WZP:
+                rowsum = tl.load(rowsum_ptr + rm_safe)
+            else:
+                rowsum = xs                              # unused
+            first = (t != t0) | (first_kb == 0)
+            y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, first, HAS_WZP, HAS_BIAS)
+            out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+            # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
+            tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+
+
+@triton.jit
+def _fence_gpu():
+    """``fence.acq_rel.gpu`` in every thread: orders this thread's global accesses around a handoff."""
+    tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _signal(counter_ptr):
+    """Publish this program's global writes: every thread fences, the program syncs, one add (release)."""
+    _fence_gpu()
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait_for(counter_ptr, target):
+    """Spin until ``*counter_ptr >= target`` (plain volatile reads: no serialized atomics), then fence."""
+    v = tl.load(counter_ptr, volatile=True)
+    while v < target:
+        v = tl.load(counter_ptr, volatile=True)
+    _fence_gpu()
+    tl.debug_barrier()
+
+
+@triton.jit
+def streamk_fused_kernel(
+    x_ptr, absmax_ptr, xq_ptr, xs_ptr, part_ptr, psum_ptr, sync_ptr,
+    w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
+    M, N, K, Kp, CHUNK_K, CHUNK_N, CHUNKS, stride_xm, stride_xk, stride_qm, stride_wn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr,
+    CHUNKS_P2: tl.constexpr, PER_ROW: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PREFETCH: tl.constexpr = 0,
+):
+    """Decode in one launch: the prepass and the stream-K GEMM of :func:`streamk_kernel`,
+    the activation handed from the first programs to all of them inside the grid.
+
+    Programs ``p < Q = M * CHUNKS`` each own one chunk of one activation row: they load
+    it once (kept in registers), publish its absmax, wait until every chunk's absmax is
+    published, quantize their chunk with the row's scale into ``Xq`` (and zero their
+    slice of ``out``), and publish again. Meanwhile every program has asked L2 for its
+    first ``PREFETCH`` weight units, so HBM streams weights during the handoff; then all
+    wait for the second publication and run the stream-K loop. Every program of the
+    grid must be resident at once (the runtime launches it cooperatively, one wave).
+
+    ``sync_ptr``: int64 ``[arrivals, absmax published, chunks quantized]``, never reset:
+    each call adds exactly ``P``, ``Q`` and ``Q``, so a program's arrival ticket gives
+    its call's number and the counts to wait for (graph replays included).
+    ``part_ptr`` / ``psum_ptr``: per-chunk absmax and (``HAS_WZP``) sum of q."""
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    q_programs = M * CHUNKS
+    call = tl.atomic_add(sync_ptr, 1, sem="relaxed", scope="gpu") // num_programs
+    k_blocks = Kp // BLOCK_K
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    total = tl.cdiv(N, BLOCK_N) * tiles_m * k_blocks
+    u0 = (pid * total) // num_programs
+    u1 = ((pid + 1) * total) // num_programs
+    if PREFETCH > 0:
+        lines = tl.arange(0, BLOCK_K // 128) * 128
+        for i in tl.static_range(PREFETCH):
+            u = tl.minimum(u0 + i, total - 1)
+            t = u // k_blocks
+            rn = (t // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+            _prefetch_l2(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + ((u - t * k_blocks) * BLOCK_K
+                                                                           + lines)[None, :])
+    if pid < q_programs:
+        row = pid // CHUNKS
+        c = pid - row * CHUNKS
+        x_row = x_ptr + row.to(tl.int64) * stride_xm
+        ks = c * CHUNK_K + tl.arange(0, QBLOCK)
+        k_hi = tl.minimum(c * CHUNK_K + CHUNK_K, Kp)
+        a = tl.load(x_row + ks * stride_xk, mask=(ks < K) & (ks < k_hi), other=0.0)
+        if PER_ROW:
+            tl.store(part_ptr + pid, tl.max(_absmax_abs(a), axis=0))
+            _signal(sync_ptr + 1)
+            _wait_for(sync_ptr + 1, (call + 1) * q_programs)
+            rc = tl.arange(0, CHUNKS_P2)
+            absmax = tl.max(tl.load(part_ptr + row * CHUNKS + rc, mask=rc < CHUNKS, other=0.0,
+                                    cache_modifier=".cg"), axis=0)
         else:
-            rowsum = xs                                # unused
-        y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, kb0 == 0, HAS_WZP, HAS_BIAS)
-        out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
-        # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
-        tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+            absmax = tl.load(absmax_ptr)
+        scale = _scale_from_absmax(absmax)
+        ok = scale == scale
+        q = _quantize(tl.where(ok, a, 0.0), tl.where(ok, scale, 1.0))
+        tl.store(xq_ptr + row.to(tl.int64) * stride_qm + ks, q.to(tl.int8), mask=ks < k_hi)
+        if HAS_WZP:
+            tl.store(psum_ptr + pid, tl.sum(q.to(tl.int32), axis=0))
+        if c == 0:
+            tl.store(xs_ptr + row, scale)
+        n_lo = c * CHUNK_N
+        n_hi = tl.minimum(n_lo + CHUNK_N, N)
+        rq = tl.arange(0, QBLOCK)
+        zero = tl.zeros([QBLOCK], dtype=tl.float32)
+        for n0 in range(n_lo, n_hi, QBLOCK):
+            tl.store(out_ptr + row.to(tl.int64) * stride_om + n0 + rq, zero, mask=(n0 + rq) < n_hi)
+        _signal(sync_ptr + 2)
+    _wait_for(sync_ptr + 2, (call + 1) * q_programs)
+
+    rk = tl.arange(0, BLOCK_K)
+    t0 = u0 // k_blocks
+    first_kb = u0 - t0 * k_blocks
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    for u in range(u0, u1):
+        t = u // k_blocks
+        kb = u - t * k_blocks
+        pid_m = t % tiles_m
+        pid_n = t // tiles_m
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm_safe = rm % M
+        a = tl.load(xq_ptr + rm_safe.to(tl.int64)[:, None] * stride_qm + (kb * BLOCK_K + rk)[None, :])
+        b = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (kb * BLOCK_K + rk)[None, :])
+        acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        if (kb == k_blocks - 1) | (u == u1 - 1):
+            xs = tl.load(xs_ptr + rm_safe, cache_modifier=".cg")
+            if HAS_WZP:
+                rc = tl.arange(0, CHUNKS_P2)
+                rowsum = tl.sum(tl.load(psum_ptr + rm_safe[:, None] * CHUNKS + rc[None, :],
+                                        mask=(rc < CHUNKS)[None, :], other=0, cache_modifier=".cg"), axis=1)
+            else:
+                rowsum = xs                              # unused
+            first = (t != t0) | (first_kb == 0)
+            y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, first, HAS_WZP, HAS_BIAS)
+            out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+            tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
 
 
 @triton.jit

@@ -45,10 +45,20 @@ QUANT_SMALL_M = 64                # up to this M, a row's quantization is split 
 QUANT_CHUNK = 2048                # ... of this many columns (the row's absmax is read whole by each)
 QUANT_SCAN_ONCE_MAX = 32768       # ... when the whole row fits in one load (<= 64 fp32 per thread)
 QUANT_PREFILL_SCAN_ONCE_MAX = 4096  # larger M: one load per row up to this K, else a loop ...
-QUANT_BLOCK_K = 1024              # ... of this K tile (small programs, many per SM)
+QUANT_BLOCK_K = 4096              # ... of this K tile (16 KB of the row in flight per load)
+# Larger M: each row program walks rows P apart, P chosen so that about this many bytes of rows are
+# in flight at once: a row read for its absmax is still in L2 (60 MB on the H200) when it is read
+# again to be quantized (a program per row re-read them from HBM: 1.24 GB read instead of 0.62 GB
+# at M = 8192, K = 18944).
+QUANT_ROWS_IN_FLIGHT_BYTES = 24 * 2**20
 QUANT_PROGRAMS = 128              # small M: at most about this many prepass programs (see prepass_shape)
 SMEM_PER_SM = 228 * 1024    # H100 / H200; the occupancy estimate of the stream-K grid
 STREAMK_MAX_PER_SM = 4      # stream-K programs per SM at most
+# Weight bytes the stream-K GEMM asks L2 for (all programs together) before it waits for the
+# prepass (PDL): HBM streams weights while the activations are quantized. A third of the H200's
+# 60 MB L2 covers ~5 us of the prepass at 4.2 TB/s and leaves room for the rest of the stream.
+PREFETCH_L2_BYTES = 20 * 2**20
+PREFETCH_MAX_UNITS = 8      # per program (a constexpr: one compiled kernel per value)
 SCAN_BLOCK_K_MAX = 512      # K tile of the fused kernels' absmax scan
 GROUP_M = 8
 DEFAULT_NUM_WARPS = 4
@@ -209,6 +219,9 @@ class Plan:
             gemm = _Launch(kern.streamk, (programs, 1, 1),
                            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
                                 num_warps=warps, num_stages=stages))
+            prefetch = prefetch_units(rt.prefetch_bytes if pdl else 0, programs, units, bn, bk)
+            if prefetch:
+                gemm.kwargs["PREFETCH"] = prefetch
             self.split = 0
             zero_out = True
             self.relu_after = relu
@@ -232,7 +245,7 @@ class Plan:
         # the prepass
         k = w.k
         n_out = w.n if zero_out else 0
-        block_k, scan_once, qblock, chunks = prepass_shape(m, k, w.kp, has_wzp)
+        block_k, scan_once, qblock, chunks, rows = prepass_shape(m, k, w.kp, has_wzp)
         self.chunk_k = triton_cdiv(triton_cdiv(w.kp, chunks), 16) * 16
         self.chunk_n = triton_cdiv(n_out, chunks)
         self.n_out = n_out
@@ -240,7 +253,7 @@ class Plan:
                    ZERO_OUT=zero_out, num_warps=quant_warps(block_k))
         if pdl:
             qkw["PDL"] = True
-        self.launches = [_Launch(kern.quantize, (m, chunks, 1), qkw), gemm]
+        self.launches = [_Launch(kern.quantize, (rows, chunks, 1), qkw), gemm]
 
     # -- arguments -------------------------------------------------------
     def _pointers(self):
@@ -254,7 +267,7 @@ class Plan:
         if self.kind in ("gemv_fused", "dot_fused"):
             return ((x, absmax, w.w, w.scale, w.zero_point, w.bias, out,
                      self.m, self.n, self.k, self.kp, self.sxm, self.sxk, self.kp, self.n),)
-        quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.k, self.kp, self.n_out,
+        quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.m, self.k, self.kp, self.n_out,
                  self.chunk_k, self.chunk_n, self.sxm, self.sxk, self.kp, self.n if self.zero_out else 0)
         if self.kind == "dot_streamk":
             gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
@@ -326,6 +339,7 @@ class CudaRuntime:
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
         self.streamk_per_sm = 0            # 0: from the occupancy estimate (a benchmark may force it)
+        self.prefetch_bytes = PREFETCH_L2_BYTES   # stream-K's L2 prefetch under PDL; 0 turns it off
         # Launch compiled kernels directly after their first launch (see launch.py); the
         # benchmark turns these off to measure what they save.
         self.fast_launch = self.execution == "compiled"
@@ -373,7 +387,7 @@ class CudaRuntime:
         # id(rule): hashing the frozen rule dataclass costs ~1 us a call; the plan keeps the rule
         # and is rebuilt if another rule ever takes that id
         key = (id(rule), m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
-               self._stubbed)
+               self.prefetch_bytes, self._stubbed)
         plans = w.plans
         plan = plans.get(key)
         if plan is None or plan.rule is not rule:
@@ -396,11 +410,11 @@ class CudaRuntime:
         if per_row is False and absmax is None:
             absmax = x2d.abs().amax().reshape(1)
         n_out = 0 if zero_out is None else zero_out.shape[1]
-        block_k, scan_once, qblock, chunks = prepass_shape(m, k, kp, want_rowsum)
+        block_k, scan_once, qblock, chunks, rows = prepass_shape(m, k, kp, want_rowsum)
         chunk_k = triton_cdiv(triton_cdiv(kp, chunks), 16) * 16
         chunk_n = triton_cdiv(n_out, chunks)
-        self.kernels.quantize[(m, chunks)](
-            x2d, xq, xs, rowsum, absmax, zero_out, k, kp, n_out, chunk_k, chunk_n,
+        self.kernels.quantize[(rows, chunks)](
+            x2d, xq, xs, rowsum, absmax, zero_out, m, k, kp, n_out, chunk_k, chunk_n,
             x2d.stride(0), x2d.stride(1), xq.stride(0), 0 if zero_out is None else zero_out.stride(0),
             BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=per_row, WANT_ROWSUM=want_rowsum,
             ZERO_OUT=zero_out is not None, num_warps=quant_warps(block_k),
@@ -440,20 +454,33 @@ class CudaRuntime:
         }
 
 
-def prepass_shape(m: int, k: int, kp: int, want_rowsum: bool) -> tuple[int, int, int, int]:
-    """``(BLOCK_K, SCAN_ONCE, QBLOCK, chunks)`` of the prepass for M rows of K (padded Kp).
+def prepass_shape(m: int, k: int, kp: int, want_rowsum: bool) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_K, SCAN_ONCE, QBLOCK, chunks, row programs)`` of the prepass for M rows of K
+    (padded Kp).
 
-    Small M: the whole row in one load, its quantization split over chunks of
-    ``QUANT_CHUNK`` columns so that a decode row's divisions run on several SMs;
+    Small M: a program per row, the whole row in one load, its quantization split over
+    chunks of ``QUANT_CHUNK`` columns so that a decode row's divisions run on several SMs;
     each chunk re-reads the row for the absmax, so the chunks are capped at about
     ``QUANT_PROGRAMS`` programs in all (at M = 64, K = 18944 on an H200: 640 programs
-    took 17 us, the re-reads being 48 MB). Larger M: one program per row."""
+    took 17 us, the re-reads being 48 MB). Larger M: one chunk; each row program walks
+    rows, about ``QUANT_ROWS_IN_FLIGHT_BYTES`` of rows in flight (see there)."""
     if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
         chunks = 1 if want_rowsum else max(1, min(triton_cdiv(kp, QUANT_CHUNK), QUANT_PROGRAMS // m))
-        return _next_pow2(k), True, QUANT_CHUNK, chunks
+        return _next_pow2(k), True, QUANT_CHUNK, chunks, m
+    rows = max(1, min(m, QUANT_ROWS_IN_FLIGHT_BYTES // (4 * k)))
     if k <= QUANT_PREFILL_SCAN_ONCE_MAX:
-        return _next_pow2(k), True, _next_pow2(k), 1
-    return QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1
+        return _next_pow2(k), True, _next_pow2(k), 1, rows
+    return QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1, rows
+
+
+def prefetch_units(prefetch_bytes: int, programs: int, units: int, block_n: int, block_k: int) -> int:
+    """Units (``block_n x block_k`` weight tiles) each stream-K program asks L2 for before it
+    waits for the prepass: ``prefetch_bytes`` over the grid, at most the program's own range
+    and ``PREFETCH_MAX_UNITS``; 0 when off or the tile is narrower than a 128-byte line."""
+    if prefetch_bytes <= 0 or block_k < 128 or programs <= 0:
+        return 0
+    per_program = triton_cdiv(prefetch_bytes, programs * block_n * block_k)
+    return max(0, min(per_program, PREFETCH_MAX_UNITS, triton_cdiv(units, programs)))
 
 
 def split_k_for(tiles: int, k_blocks: int, target_programs: int) -> int:

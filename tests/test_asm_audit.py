@@ -1,0 +1,87 @@
+"""The assembly audit's instruction counts (``opregistry asm``) on known
+assembly, and its retargeting of x86 LLVM IR to aarch64 with a real ``llc``."""
+
+from __future__ import annotations
+
+import pytest
+
+from opregistry.backends.arm.asm_audit import AARCH64_COUNTS, X86_COUNTS, count, find_llc, retarget
+
+AARCH64_ASM = """\
+kernel:
+\tsmmla\tv0.4s, v1.16b, v2.16b
+\tusmmla\tv3.4s, v1.16b, v2.16b
+\tsdot\tz0.s, z1.b, z2.b
+\tfmla\tv4.4s, v5.4s, v6.s[1]
+\tfmla\tz7.s, p0/m, z8.s, z9.s
+\tscvtf\tv4.4s, v4.4s
+\tsmull2\tv10.8h, v11.16b, v12.16b
+\tldr\tq1, [x0, #16]
+\tstr\tq0, [sp, #32]
+\tldr\tq0, [sp, #32]
+\tfmla\ts0, s1, s2
+\tret
+"""
+
+X86_ASM = """\
+kernel:
+\tvpdpbusd\t%zmm2, %zmm1, %zmm0
+\tvpmulld\t%zmm2, %zmm1, %zmm0
+\tvfmadd231ps\t%zmm2, %zmm1, %zmm0
+\tvcvtdq2ps\t%zmm1, %zmm1
+\tvmovups\t%zmm0, -64(%rsp)
+\tretq
+"""
+
+
+def test_aarch64_counts():
+    c = count(AARCH64_ASM, AARCH64_COUNTS)
+    assert (c["smmla"], c["sdot"], c["widening_mul"]) == (2, 1, 1)
+    assert (c["fmla"], c["scvtf"]) == (2, 1)          # the scalar fmla is not a vector multiply-add
+    assert (c["spills"], c["reloads"]) == (1, 1)
+    assert c["vector_loads"] == 2 and c["vector_stores"] == 1
+    assert c["instructions"] == 12
+
+
+def test_x86_counts():
+    c = count(X86_ASM, X86_COUNTS)
+    assert (c["vpdpbusd"], c["vpmulld"], c["vfmadd"], c["vcvtdq2ps"], c["spills"]) == (1, 1, 1, 1, 1)
+    assert c["instructions"] == 6
+
+
+X86_IR = """\
+target datalayout = "e-m:e-p270:32:32-p271:32:32-p272:64:64-i64:64-i128:128-f80:128-n8:16:32:64-S128"
+target triple = "x86_64-unknown-linux-gnu"
+
+define <4 x float> @fma4(<4 x float> %a, <4 x float> %b, <4 x float> %c) #0 {
+  %p = fmul fast <4 x float> %a, %b
+  %s = fadd fast <4 x float> %p, %c
+  ret <4 x float> %s
+}
+
+define <4 x i32> @dot4(<16 x i8> %a, <16 x i8> %b, <4 x i32> %acc) #0 {
+  %ea = sext <16 x i8> %a to <16 x i32>
+  %eb = sext <16 x i8> %b to <16 x i32>
+  %m = mul <16 x i32> %ea, %eb
+  %r = shufflevector <16 x i32> %m, <16 x i32> poison, <4 x i32> <i32 0, i32 1, i32 2, i32 3>
+  %s = add <4 x i32> %r, %acc
+  ret <4 x i32> %s
+}
+
+attributes #0 = { "target-cpu"="znver4" "target-features"="+avx512f" }
+"""
+
+
+@pytest.mark.skipif(find_llc() is None, reason="no llc on PATH (LLVM's llc-19: apt install llvm-19)")
+def test_retarget_x86_ir_to_aarch64():
+    asm, note = retarget(X86_IR, find_llc())
+    assert asm is not None, note
+    c = count(asm, AARCH64_COUNTS)
+    assert c["fmla"] >= 1                       # the x86 triple, layout and CPU attributes were dropped
+    assert "zmm" not in asm and "%rsp" not in asm
+
+
+@pytest.mark.skipif(find_llc() is None, reason="no llc on PATH (LLVM's llc-19: apt install llvm-19)")
+def test_retarget_reports_llc_errors():
+    asm, note = retarget("define void @f() {\n  call void @llvm.x86.sse2.pause()\n  ret void\n}\n", find_llc())
+    assert asm is None and note
