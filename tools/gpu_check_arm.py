@@ -24,7 +24,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from opregistry.backends.common.packed import unpack_weight  # noqa: E402
-from opregistry.backends.arm.kernel import ACT_PER_ROW, launch, qlinear_kernel  # noqa: E402
+from opregistry.backends.arm.kernel import ACT_PER_ROW, qlinear_kernel  # noqa: E402
+from opregistry.backends.arm.plan import launch  # noqa: E402
 from opregistry.backends.arm.layout import prepare_weight  # noqa: E402
 from opregistry.backends.reference.ops import linear_from_unpacked, quantize_activation  # noqa: E402
 from opregistry.registry.config import load_yaml, merge_layers  # noqa: E402

@@ -35,7 +35,7 @@ AARCH64_COUNTS = {
     "smmla": r"\b(?:s|u|us)mmla\b",
     "sdot": r"\b(?:s|u|us|su)dot\b",
     "widening_mul": r"\b(?:s|u)mull2?\b|\b(?:s|u)mlal2?\b|\bmul\s+(?:v|z)\d",
-    "fmla": r"\bfml[as]\s+(?:v|z)\d",                    # fp32 vector multiply-add (the dot-free kernels)
+    "fp_mul": r"\bf(?:mul|mla|mls)\s+(?:v|z)\d",          # fp32 vector multiplies, fused or not (dot-free kernels)
     "scvtf": r"\bscvtf\s+(?:v|z)\d",                     # int -> fp32 vector conversion
     "vector_loads": r"\b(?:ld1[a-z]*|ld[234]|ldr|ldp|ldur)\s+(?:q|z|d|v)\d",
     "vector_stores": r"\b(?:st1[a-z]*|st[234]|str|stp|stur)\s+(?:q|z|d|v)\d",
@@ -195,7 +195,7 @@ def _line(entry: dict) -> str:
             parts.append(f"{kern['name']}: aarch64 FAILED: {kern.get('aarch64_error')}{host}")
         else:
             parts.append(f"{kern['name']}: aarch64 smmla {a['smmla']} sdot {a['sdot']} mul {a['widening_mul']} "
-                         f"fmla {a['fmla']} scvtf {a['scvtf']} "
+                         f"fmul/fmla {a['fp_mul']} scvtf {a['scvtf']} "
                          f"vld {a['vector_loads']} vst {a['vector_stores']} spills {a['spills']}/{a['reloads']} "
                          f"insns {a['instructions']};{host}")
     return f"{head} " + " || ".join(parts)

@@ -2,7 +2,7 @@
 (:mod:`.kernel_prequant`): the activation quantized once into int8 scratch, then
 the int8 GEMM.
 
-:class:`PrequantPlan` has :class:`~.kernel.LaunchPlan`'s call signature, so the
+:class:`PrequantPlan` has :class:`~.plan.LaunchPlan`'s call signature, so the
 runtime launches, memoises and falls back the same way; it takes the runtime's
 ``qlinear_kernel`` (compiled, interpreted or stubbed) as the sign of the mode to
 launch its own two kernels in.

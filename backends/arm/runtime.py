@@ -27,7 +27,8 @@ from .config import INT_MM, KERNELS  # noqa: F401 - re-exported
 from .device import compiled_unavailable_reason, triton_cpu_status
 from .fallback import min_dot_size_rejection
 from .prequant import PREQUANT_KERNEL, PREQUANT_KERNELS, PrequantPlan
-from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, LaunchPlan, qlinear_kernel
+from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, qlinear_kernel
+from .plan import LaunchPlan
 from .int_mm import IntMmRunner, prepare_operand
 from .layout import PreparedWeight, prepare_weight
 
