@@ -7,6 +7,7 @@ the NVIDIA backend); and the same correctness on a real GPU (skipped without one
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from opregistry.backends.cuda import kernels as K
 from opregistry.backends.cuda.config import CudaRule, validate_rule
 from opregistry.backends.cuda.device import table_for
 from opregistry.backends.cuda.plugin import CudaPlugin
-from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, prefetch_units, split_k_for
+from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, prepass_shape, split_k_for
 from opregistry.backends.common import unpack_weight
 from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.testing import check, contract_tolerance, make_packed
@@ -228,6 +229,7 @@ INTERP_RULES = [
     _r("dot", "dot", 16, 32, 64),
     _r("dot_splitk", "dot_splitk", 16, 32, 64),
     _r("dot_streamk", "dot_streamk", 16, 32, 64),
+    _r("dot_streamk_fused", "dot_streamk_fused", 16, 32, 64),   # the interpreter runs it as two launches
     _r("dot_fused", "dot_fused", 16, 16, 64),
 ]
 
@@ -311,7 +313,7 @@ def _nvidia_compiler_available() -> bool:
 _DIVISIBLE = {"Kp", "stride_qm", "stride_wn", "K_PER_SPLIT", "stride_om", "stride_xm"}
 
 
-def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False, prefetch=0):
+def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False):
     """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -338,8 +340,16 @@ def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split
                      K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
     tiles = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k)
     if rule.kernel == "dot_streamk":
-        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl, PREFETCH=prefetch),
-                     warps, stages)
+        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl), warps, stages)
+    if rule.kernel == "dot_streamk_fused":
+        types = dict(x_ptr="*fp32", absmax_ptr="*fp32", xq_ptr="*i8", xs_ptr="*fp32", part_ptr="*fp32",
+                     psum_ptr="*i32", sync_ptr="*i64", w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32",
+                     CHUNK_K="i32", CHUNK_N="i32", CHUNKS="i32", stride_xm="i32", stride_xk="i32", stride_qm="i32",
+                     stride_wn="i32", stride_om="i32", **vec)
+        if not wzp:
+            none.update(psum_ptr=none.pop("rowsum_ptr"))
+        consts = dict(**tiles, QBLOCK=2048, CHUNKS_P2=1, PER_ROW=True, absmax_ptr=None, stride_xk=1, **flags, **none)
+        return build(K.streamk_fused_kernel, types, consts, warps, stages)
     if rule.kernel in ("dot", "dot_splitk"):
         consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none, PDL=pdl)
         return build(K.dot_kernel, dot_types, consts, warps, stages)
@@ -351,7 +361,7 @@ def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split
     return build(fn, types, consts, warps, stages)
 
 
-def compile_quantize_sm90(block_k, qblock, scan_once, warps, pdl=False):
+def compile_quantize_sm90(block_k, qblock, scan_once, warps, pdl=False, in_regs=False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -361,7 +371,7 @@ def compile_quantize_sm90(block_k, qblock, scan_once, warps, pdl=False):
                  out_ptr="*fp32", M="i32", K="i32", Kp="i32", N="i32", CHUNK_K="i32", CHUNK_N="i32", stride_xm="i32",
                  stride_xk="i32", stride_qm="i32", stride_om="i32")
     consts = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=True, WANT_ROWSUM=False,
-                  ZERO_OUT=True, rowsum_ptr=None, absmax_ptr=None, stride_xk=1, PDL=pdl)
+                  ZERO_OUT=not in_regs, rowsum_ptr=None, absmax_ptr=None, stride_xk=1, PDL=pdl, ROW_IN_REGS=in_regs)
     signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
     return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": warps, "num_stages": 1})
@@ -383,6 +393,9 @@ def test_packaged_rules_compile_for_sm90(reg, device):
                     assert "cp.async" in ptx, f"{rule.name}: the K loop is not pipelined (no cp.async)"
     for block_k, qblock, scan_once, warps in ((32768, 2048, True, 16), (4096, 4096, True, 8), (4096, 4096, False, 8)):
         assert "ld.global" in compile_quantize_sm90(block_k, qblock, scan_once, warps).asm["ptx"]
+    for block_k, warps in ((32768, 16), (4096, 8)):
+        compiled = compile_quantize_sm90(block_k, block_k, True, warps, in_regs=True)
+        assert "ld.global" in compiled.asm["ptx"] and "st.global" in compiled.asm["ptx"]
 
 
 @pytest.mark.skipif(not (_nvidia_compiler_available() and K.HAS_GDC), reason="Triton has no NVIDIA backend or no gdc")
@@ -395,22 +408,47 @@ def test_pdl_variants_compile_with_grid_dependency_control():
         assert "griddepcontrol" not in compile_rule_sm90(rule).asm["ptx"], rule.name
 
 
-@pytest.mark.skipif(not (_nvidia_compiler_available() and K.HAS_GDC), reason="Triton has no NVIDIA backend or no gdc")
-def test_streamk_prefetch_compiles_before_the_wait():
-    """Stream-K's L2 prefetch (one line per thread per unit) is issued before it waits for the prepass."""
-    rule = _r("s", "dot_streamk", 16, 64, 256, num_stages=4)
-    ptx = compile_rule_sm90(rule, pdl=True, prefetch=3).asm["ptx"]
-    assert ptx.count("prefetch.global.L2") == 3
-    assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
-    assert "prefetch" not in compile_rule_sm90(rule, pdl=True).asm["ptx"]
+@pytest.mark.skipif(not _nvidia_compiler_available(), reason="Triton has no NVIDIA backend here")
+@pytest.mark.parametrize("per_row, wzp, chunks_p2", [(True, False, 16), (False, True, 16), (True, False, 1)])
+def test_streamk_fused_compiles_with_its_handoff(per_row, wzp, chunks_p2):
+    """One launch: chunks are published with a release add and awaited with volatile reads
+    (the absmax handoff only with several chunks per row); the GEMM's loads come after the wait."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = K.streamk_fused_kernel
+    types = dict(x_ptr="*fp32", absmax_ptr="*fp32", xq_ptr="*i8", xs_ptr="*fp32", part_ptr="*fp32",
+                 psum_ptr="*i32", sync_ptr="*i64", w_ptr="*i8", w_scale_ptr="*fp32", w_zp_ptr="*i32",
+                 bias_ptr="*fp32", out_ptr="*fp32", M="i32", N="i32", K="i32", Kp="i32", CHUNK_K="i32",
+                 CHUNK_N="i32", CHUNKS="i32", stride_xm="i32", stride_xk="i32", stride_qm="i32",
+                 stride_wn="i32", stride_om="i32")
+    consts = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, QBLOCK=2048, CHUNKS_P2=chunks_p2, PER_ROW=per_row,
+                  HAS_WZP=wzp, HAS_BIAS=True, stride_xk=1)
+    if not wzp:
+        consts.update(w_zp_ptr=None, psum_ptr=None)
+    if per_row:
+        consts.update(absmax_ptr=None)
+    signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+             if a not in consts and (types[a].startswith("*") or a in _DIVISIBLE)}
+    ptx = triton.compile(ASTSource(fn, signature, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": 4, "num_stages": 4}).asm["ptx"]
+    # the spelling differs between Triton versions (red/atom, order of the qualifiers)
+    releases = [a for a in re.findall(r"\b(?:red|atom)\.[\w.]*add\.u64", ptx) if "release" in a]
+    assert len(releases) == (2 if per_row and chunks_p2 > 1 else 1), releases
+    assert "ld.volatile.global.b64" in ptx and "mma.sync" in ptx and "cp.async" in ptx
+    assert ptx.index("ld.volatile.global.b64") < ptx.index("cp.async")
 
 
-def test_prefetch_units():
-    assert prefetch_units(0, 396, 4144, 64, 256) == 0
-    assert prefetch_units(20 * 2**20, 396, 4144, 64, 256) == 4        # ~26 MB asked of L2 in all
-    assert prefetch_units(20 * 2**20, 396, 500, 64, 256) == 2         # never past the program's range
-    assert prefetch_units(20 * 2**20, 396, 4144, 64, 64) == 0         # narrower than a 128-byte line
-    assert prefetch_units(2**40, 8, 10**6, 64, 256) == 8              # capped (a constexpr per value)
+def test_prepass_shapes():
+    assert prepass_shape(1, 18944, 18944, False, True) == (32768, True, 2048, 10, False)   # decode: chunks of a row
+    assert prepass_shape(16, 18944, 18944, False, True) == (32768, True, 2048, 8, False)  # ... ~128 programs
+    assert prepass_shape(8192, 3584, 3584, True, False) == (4096, True, 4096, 1, True)    # row in registers
+    assert prepass_shape(8192, 6144, 6144, False, False) == (8192, True, 8192, 1, True)
+    assert prepass_shape(8192, 18944, 18944, False, False) == (4096, False, 4096, 1, False)  # two passes
+    assert prepass_shape(512, 3584, 3584, False, True) == (4096, True, 4096, 1, False)    # split-K zeroes out
+    assert prepass_shape(512, 40000, 40448, False, False)[1:] == (False, 4096, 1, False)  # loop over K tiles
 
 
 # ---------------------------------------------------------------------------
@@ -452,6 +490,8 @@ GPU_RULES = [
     _r("gemv_fused_m2", "gemv_fused", 2, 16, 256), _r("dot_splitk", "dot_splitk", 16, 64, 256),
     _r("dot_streamk", "dot_streamk", 16, 64, 256, num_stages=4),
     _r("dot_streamk_64", "dot_streamk", 64, 128, 256, num_stages=3),
+    _r("dot_streamk_fused", "dot_streamk_fused", 16, 64, 256, num_stages=4),
+    _r("dot_streamk_fused_128", "dot_streamk_fused", 16, 128, 128, num_stages=4),
     _r("dot_64", "dot", 64, 128, 128, num_stages=4), _r("dot_128", "dot", 128, 128, 128, num_warps=8),
     _r("dot_128x256", "dot", 128, 256, 64, num_warps=8, num_stages=4),
     _r("dot_fused_16x16", "dot_fused", 16, 16, 256, num_stages=3),
@@ -515,6 +555,55 @@ def test_gpu_direct_launch_is_used_and_graph_safe(gpu_reg):
         torch.cuda.synchronize()
         check_close(static_y.clone(), new, wp, f"graph replay {seed}")
     assert y0.shape == y1.shape
+
+
+@needs_gpu
+@pytest.mark.parametrize("wkw, mode", [({}, "per_row"), ({"per_channel": True, "zero_point": True}, "per_tensor")],
+                         ids=["symmetric_per_row", "zp_per_tensor"])
+def test_gpu_streamk_fused_repeated_graphs_and_streams(gpu_reg, wkw, mode):
+    """The fused decode kernel's counters are never reset: many calls in a row, graph
+    replays between eager calls, and a second stream must all stay right."""
+    rt = gpu_reg.plugins.get("cuda").plugin.runtime
+    rule = _r("fused", "dot_streamk_fused", 16, 64, 256, num_stages=4)
+    k = 9000                                            # several chunks per row
+    wp = packed_weight(1500, k, seed=4, **wkw)
+    w = rt.weight(wp, torch.device("cuda"), LINEAR)
+    g = torch.Generator().manual_seed(5)
+    per_row = mode == "per_row"
+    for m in (1, 3, 16):
+        x = torch.randn(m, k, generator=g)
+        if m == 3:
+            x[1, 7] = float("nan")
+        xc = x.cuda()
+        plan_kinds = set()
+        for i in range(12):
+            y = rt.linear(xc, w, rule, per_row, i % 2 == 1)
+            check_close(y, x, wp, f"fused M={m} call {i}", relu=i % 2 == 1, mode=mode)
+        plan_kinds |= {p.kind for p in w.plans.values()}
+        assert "dot_streamk_fused" in plan_kinds
+        static_x = xc.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            rt.linear(static_x, w, rule, per_row, False)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                static_y = rt.linear(static_x, w, rule, per_row, False)
+        torch.cuda.current_stream().wait_stream(side)
+        for seed in range(4):
+            new = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
+            static_x.copy_(new)
+            graph.replay()
+            torch.cuda.synchronize()
+            check_close(static_y.clone(), new, wp, f"fused graph replay {seed} M={m}", mode=mode)
+            check_close(rt.linear(xc, w, rule, per_row, False), x, wp, f"fused eager after replay {seed}",
+                        mode=mode)
+        other = torch.cuda.Stream()
+        with torch.cuda.stream(other):
+            y = rt.linear(xc, w, rule, per_row, False)
+        torch.cuda.synchronize()
+        check_close(y, x, wp, f"fused on a second stream M={m}", mode=mode)
 
 
 @needs_gpu

@@ -87,6 +87,7 @@ VARIANTS = [
     (R("dot_fused", 16, 64, 128, stages=4), 1, 64, "small"),
     (R("dot_fused", 64, 64, 128, stages=2), 64, 64, "small"),
     (R("dot_streamk", 16, 64, 256, stages=4), 1, 64, "any"),
+    (R("dot_streamk_fused", 16, 64, 256, stages=4), 1, 16, "any"),
     (R("dot_streamk", 16, 128, 256, stages=4), 1, 16, "large"),
     (R("dot_streamk", 16, 64, 512, stages=3), 1, 16, "large"),
     (R("dot_streamk", 16, 128, 128, stages=6), 1, 16, "large"),
@@ -102,13 +103,14 @@ VARIANTS = [
 ]
 CORRECTNESS_VARIANTS = [v for v in VARIANTS if v[0].name in {
     "gemv_fused.1x16x512.w4s3", "dot_fused.16x16x256.w4s3", "dot_fused.64x64x128.w4s2",
-    "dot_streamk.16x64x256.w4s4", "dot_streamk.64x128x256.w4s3", "dot_splitk.64x128x128.w4s4",
+    "dot_streamk.16x64x256.w4s4", "dot_streamk_fused.16x64x256.w4s4", "dot_streamk.64x128x256.w4s3", "dot_splitk.64x128x128.w4s4",
     "dot.64x128x128.w4s4", "dot.128x256x128.w8s3"}]
 # Smaller stand-ins for --cpu-smoke (interpreter: tiles must be tiny to finish).
 SMOKE_VARIANTS = [
     (R("gemv_fused", 1, 16, 64), 1, 4, "any"),
     (R("dot_fused", 16, 16, 64), 1, 64, "any"),
     (R("dot_streamk", 16, 32, 64), 1, 64, "any"),
+    (R("dot_streamk_fused", 16, 32, 64), 1, 16, "any"),
     (R("dot_splitk", 16, 32, 64), 1, 64, "any"),
     (R("dot", 16, 32, 64), 1, 10**9, "any"),
 ]

@@ -13,7 +13,7 @@ from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activ
 from .layout import K_ALIGN, N_ALIGN
 
 # Kernel names a routing rule may use (config key ``kernel``).
-DOT_KERNELS = ("dot", "dot_splitk", "dot_streamk", "dot_fused")
+DOT_KERNELS = ("dot", "dot_splitk", "dot_streamk", "dot_streamk_fused", "dot_fused")
 GEMV_KERNELS = ("gemv_fused",)
 KERNELS = DOT_KERNELS + GEMV_KERNELS
 OP_KEYS = ("activation_scale", "fast_path", "routing", "small_weights")

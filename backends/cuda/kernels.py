@@ -14,7 +14,7 @@ valid row (``rm % M``) and never stored.
 
 Kernels, one purpose each:
 
-* :func:`quantize_kernel`: activation prepass, rows spread over a grid of row programs: per-row
+* :func:`quantize_kernel`: activation prepass, one program per row (and chunk): per-row
   (or per-tensor) absmax, symmetric int8 quantization (round half to even,
   IEEE division like PyTorch), writes ``Xq [M, Kp]`` int8 (zero padded),
   ``scale [M]`` fp32 (NaN marks a row with non-finite input) and optionally
@@ -29,6 +29,8 @@ Kernels, one purpose each:
 * :func:`streamk_kernel`: decode GEMM for small M: equal contiguous ranges of
   the (tile, K block) space per program, one wave of programs, fp32 partials
   added with atomics (output zeroed by the prepass).
+* :func:`streamk_fused_kernel`: the prepass and :func:`streamk_kernel` in one
+  launch (the activation handed over inside the grid), for host-bound layers.
 * :func:`gemv_kernel`: CUDA-core int8 GEMV for tiny M, weights read once with
   16-byte loads along K; quantizes the fp32 activation inside the kernel (one
   launch per call, no prepass).
@@ -94,30 +96,43 @@ def _absmax_abs(a):
 @triton.jit
 def quantize_kernel(
     x_ptr, xq_ptr, scale_ptr, rowsum_ptr, absmax_ptr, out_ptr,
-    M, K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
+    K, Kp, N, CHUNK_K, CHUNK_N, stride_xm, stride_xk, stride_qm, stride_om,
     BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr, SCAN_ONCE: tl.constexpr, PER_ROW: tl.constexpr,
-    WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr, PDL: tl.constexpr = False,
+    WANT_ROWSUM: tl.constexpr, ZERO_OUT: tl.constexpr, PDL: tl.constexpr = False, ROW_IN_REGS: tl.constexpr = False,
 ):
-    """Grid ``(row programs, chunks)``: program ``(p, c)`` takes rows ``p, p + P, ...``
-    (``P`` row programs: for large M, few enough rows in flight that a row read for its
-    absmax is still in L2 when it is read again to be quantized); for each row it finds
-    the absmax over all of K (``SCAN_ONCE``: one load of the whole row, all of it in
-    flight), then quantizes only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of
-    ``Xq``; several chunks per row spread a decode row's divisions over several SMs.
-    ``ZERO_OUT`` also zeroes ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs
-    that accumulate with atomics (saves a memset launch). ``WANT_ROWSUM`` needs one
-    chunk per row. ``PDL``: let the GEMM launched after it (programmatic dependent
-    launch) start its programs now; it waits for this grid's results with ``gdc_wait``."""
+    """Grid ``(M, chunks)``: program ``(row, c)`` finds the row's absmax over all of K
+    (``SCAN_ONCE``: one load of the whole row, all of it in flight), then quantizes
+    only its chunk ``[c * CHUNK_K, (c + 1) * CHUNK_K)`` of ``Xq``; several chunks per
+    row spread a decode row's divisions over several SMs. ``ZERO_OUT`` also zeroes
+    ``out[row, c * CHUNK_N : (c + 1) * CHUNK_N]`` for the GEMMs that accumulate with
+    atomics (saves a memset launch). ``WANT_ROWSUM`` needs one chunk per row.
+    ``ROW_IN_REGS`` (one chunk, ``BLOCK_K >= Kp``, no ``ZERO_OUT``): the row is read once
+    and quantized from registers (at prefill sizes a second read of a row comes from HBM:
+    the rows in flight are far larger than L2).
+    ``PDL``: let the GEMM launched after it (programmatic dependent launch) start
+    its programs now; it waits for this grid's results with ``gdc_wait``."""
     if PDL:
         gdc_launch_dependents()
+    row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
-    rk = tl.arange(0, BLOCK_K)
-    rq = tl.arange(0, QBLOCK)
-    k_lo = c * CHUNK_K
-    k_hi = tl.minimum(k_lo + CHUNK_K, Kp)
-    for row in range(tl.program_id(0).to(tl.int64), M, tl.num_programs(0)):   # int64: row offsets
-        x_row = x_ptr + row * stride_xm
+    x_row = x_ptr + row * stride_xm
+    if ROW_IN_REGS:
+        rk = tl.arange(0, BLOCK_K)
+        a = tl.load(x_row + rk * stride_xk, mask=rk < K, other=0.0)
         if PER_ROW:
+            absmax = tl.max(_absmax_abs(a), axis=0)
+        else:
+            absmax = tl.load(absmax_ptr)
+        scale = _scale_from_absmax(absmax)
+        ok = scale == scale
+        q = _quantize(tl.where(ok, a, 0.0), tl.where(ok, scale, 1.0))
+        tl.store(xq_ptr + row * stride_qm + rk, q.to(tl.int8), mask=rk < Kp)
+        tl.store(scale_ptr + row, scale)
+        if WANT_ROWSUM:
+            tl.store(rowsum_ptr + row, tl.sum(q.to(tl.int32), axis=0))
+    else:
+        if PER_ROW:
+            rk = tl.arange(0, BLOCK_K)
             if SCAN_ONCE:
                 absmax = tl.max(_absmax_abs(tl.load(x_row + rk * stride_xk, mask=rk < K, other=0.0)), axis=0)
             else:
@@ -127,15 +142,18 @@ def quantize_kernel(
                     amax = tl.maximum(amax, _absmax_abs(tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)))
                 absmax = tl.max(amax, axis=0)
         else:
-            absmax = tl.load(absmax_ptr)               # per-tensor absmax computed by the caller
+            absmax = tl.load(absmax_ptr)                   # per-tensor absmax computed by the caller
         scale = _scale_from_absmax(absmax)
         ok = scale == scale
         safe = tl.where(ok, scale, 1.0)
+        rq = tl.arange(0, QBLOCK)
+        k_lo = c * CHUNK_K
+        k_hi = tl.minimum(k_lo + CHUNK_K, Kp)
         rsum = tl.zeros([QBLOCK], dtype=tl.int32)
         for k0 in range(k_lo, k_hi, QBLOCK):
             ks = k0 + rq
             a = tl.load(x_row + ks * stride_xk, mask=ks < K, other=0.0)
-            q = _quantize(tl.where(ok, a, 0.0), safe)  # NaN/Inf kept out of the int cast
+            q = _quantize(tl.where(ok, a, 0.0), safe)      # NaN/Inf kept out of the int cast
             tl.store(xq_ptr + row * stride_qm + ks, q.to(tl.int8), mask=ks < k_hi)
             if WANT_ROWSUM:
                 rsum += q.to(tl.int32)
@@ -224,18 +242,11 @@ def dot_kernel(
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 to fetch the 128-byte lines at ``ptrs`` (no registers held, nothing waits on it)."""
-    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def streamk_kernel(
     xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
     M, N, Kp, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Decode GEMM (small M): the (tile, K block) iteration space is cut into equal
     contiguous ranges, one per program (a grid of exactly the resident programs), so
@@ -243,12 +254,9 @@ def streamk_kernel(
     walks its range as one flat, software-pipelined loop over units (no pipeline
     drain where its range crosses from one tile to the next) and adds each tile's
     fp32 partial into ``out`` (zeroed by the prepass) with atomics; the partial that
-    holds K block 0 carries the zero-point correction and the bias.
-
-    ``PREFETCH``: before waiting for the prepass (``PDL``), ask L2 for the weight
-    lines of the program's first ``PREFETCH`` units, so that HBM streams weights
-    while the activations are still being quantized (the weights do not depend on
-    them). ``PDL``: launched as a programmatic dependent of the prepass."""
+    holds K block 0 carries the zero-point correction and the bias. ``PDL``: launched
+    as a programmatic dependent of the prepass, it waits here for the prepass's
+    results (the launch and the programs' start overlap the prepass)."""
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     k_blocks = Kp // BLOCK_K
@@ -256,14 +264,6 @@ def streamk_kernel(
     total = tl.cdiv(N, BLOCK_N) * tiles_m * k_blocks
     u0 = (pid * total) // num_programs
     u1 = ((pid + 1) * total) // num_programs
-    if PREFETCH > 0:
-        lines = tl.arange(0, BLOCK_K // 128) * 128       # one 128-byte line per (row, line) of a unit
-        for i in tl.static_range(PREFETCH):
-            u = tl.minimum(u0 + i, total - 1)            # past the range: a valid line, merely unneeded
-            t = u // k_blocks
-            rn = (t // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-            _prefetch_l2(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + ((u - t * k_blocks) * BLOCK_K
-                                                                           + lines)[None, :])
     if PDL:
         gdc_wait()
     rk = tl.arange(0, BLOCK_K)
@@ -326,18 +326,18 @@ def streamk_fused_kernel(
     M, N, K, Kp, CHUNK_K, CHUNK_N, CHUNKS, stride_xm, stride_xk, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr,
     CHUNKS_P2: tl.constexpr, PER_ROW: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PREFETCH: tl.constexpr = 0,
 ):
     """Decode in one launch: the prepass and the stream-K GEMM of :func:`streamk_kernel`,
     the activation handed from the first programs to all of them inside the grid.
 
     Programs ``p < Q = M * CHUNKS`` each own one chunk of one activation row: they load
-    it once (kept in registers), publish its absmax, wait until every chunk's absmax is
-    published, quantize their chunk with the row's scale into ``Xq`` (and zero their
-    slice of ``out``), and publish again. Meanwhile every program has asked L2 for its
-    first ``PREFETCH`` weight units, so HBM streams weights during the handoff; then all
-    wait for the second publication and run the stream-K loop. Every program of the
-    grid must be resident at once (the runtime launches it cooperatively, one wave).
+    it once (kept in registers), publish its absmax and wait until every chunk's absmax
+    is published (skipped with one chunk per row, ``CHUNKS_P2 == 1``: the row's absmax
+    is then local), quantize their chunk with the row's scale into ``Xq`` (and zero
+    their slice of ``out``), and publish again; all programs wait for that and run the
+    stream-K loop. One launch instead of two: for layers whose decode calls are bound
+    by the host's launches. Every program of the grid must be resident at once (the
+    runtime launches it cooperatively, one wave).
 
     ``sync_ptr``: int64 ``[arrivals, absmax published, chunks quantized]``, never reset:
     each call adds exactly ``P``, ``Q`` and ``Q``, so a program's arrival ticket gives
@@ -352,14 +352,6 @@ def streamk_fused_kernel(
     total = tl.cdiv(N, BLOCK_N) * tiles_m * k_blocks
     u0 = (pid * total) // num_programs
     u1 = ((pid + 1) * total) // num_programs
-    if PREFETCH > 0:
-        lines = tl.arange(0, BLOCK_K // 128) * 128
-        for i in tl.static_range(PREFETCH):
-            u = tl.minimum(u0 + i, total - 1)
-            t = u // k_blocks
-            rn = (t // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-            _prefetch_l2(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + ((u - t * k_blocks) * BLOCK_K
-                                                                           + lines)[None, :])
     if pid < q_programs:
         row = pid // CHUNKS
         c = pid - row * CHUNKS
@@ -368,12 +360,14 @@ def streamk_fused_kernel(
         k_hi = tl.minimum(c * CHUNK_K + CHUNK_K, Kp)
         a = tl.load(x_row + ks * stride_xk, mask=(ks < K) & (ks < k_hi), other=0.0)
         if PER_ROW:
-            tl.store(part_ptr + pid, tl.max(_absmax_abs(a), axis=0))
-            _signal(sync_ptr + 1)
-            _wait_for(sync_ptr + 1, (call + 1) * q_programs)
-            rc = tl.arange(0, CHUNKS_P2)
-            absmax = tl.max(tl.load(part_ptr + row * CHUNKS + rc, mask=rc < CHUNKS, other=0.0,
-                                    cache_modifier=".cg"), axis=0)
+            absmax = tl.max(_absmax_abs(a), axis=0)
+            if CHUNKS_P2 > 1:                            # the row's absmax: every chunk's, published
+                tl.store(part_ptr + pid, absmax)
+                _signal(sync_ptr + 1)
+                _wait_for(sync_ptr + 1, (call + 1) * q_programs)
+                rc = tl.arange(0, CHUNKS_P2)
+                absmax = tl.max(tl.load(part_ptr + row * CHUNKS + rc, mask=rc < CHUNKS, other=0.0,
+                                        cache_modifier=".cg"), axis=0)
         else:
             absmax = tl.load(absmax_ptr)
         scale = _scale_from_absmax(absmax)

@@ -14,8 +14,9 @@ Execution modes:
 
 A call runs a :class:`Plan` worked out once per (weight, rule, M, activation
 layout): grids, constexprs, one allocation, and in compiled mode kernels bound
-for direct launch (``launch.py``) after the plan's first call; on sm_90 the GEMM
-after the prepass is a programmatic dependent launch (docs/CUDA.md, "Design").
+for direct launch (``backends/common/launch.py``) after the plan's first call; on sm_90 the GEMM
+after the prepass is a programmatic dependent launch, and ``dot_streamk_fused`` runs
+both in one cooperative launch (docs/CUDA.md, "Design").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from opregistry.registry import BackendUnavailable, CallCounter, Config
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
 from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.launch import bind
 from opregistry.backends.common.routing import Router
 from opregistry.backends.common.stub import StubKernel
 from opregistry.backends.common.weights import WeightCache
@@ -37,7 +39,6 @@ from opregistry.backends.common.weights import WeightCache
 from . import kernels as K
 from .config import KERNELS  # noqa: F401 - re-exported for tools and tests
 from .device import cuda_status
-from .launch import bind, current_stream
 from .weights import CudaWeight, prepare_cuda_weight
 
 # Activation prepass (quantize_kernel) shapes:
@@ -46,24 +47,30 @@ QUANT_CHUNK = 2048                # ... of this many columns (the row's absmax i
 QUANT_SCAN_ONCE_MAX = 32768       # ... when the whole row fits in one load (<= 64 fp32 per thread)
 QUANT_PREFILL_SCAN_ONCE_MAX = 4096  # larger M: one load per row up to this K, else a loop ...
 QUANT_BLOCK_K = 4096              # ... of this K tile (16 KB of the row in flight per load)
-# Larger M: each row program walks rows P apart, P chosen so that about this many bytes of rows are
-# in flight at once: a row read for its absmax is still in L2 (60 MB on the H200) when it is read
-# again to be quantized (a program per row re-read them from HBM: 1.24 GB read instead of 0.62 GB
-# at M = 8192, K = 18944).
-QUANT_ROWS_IN_FLIGHT_BYTES = 24 * 2**20
+# Larger M, padded rows up to this K: the row is read once and quantized from registers (<= 16
+# fp32 per thread); the two-pass form reads it twice from HBM. H200, M = 8192: K = 3584 59 us
+# against 76, K = 6144 118 against 124. Not beyond: K = 18944 in registers (64 per thread, one
+# program per SM) took 806 us against 328 for the two-pass loop.
+QUANT_ROW_IN_REGS_MAX = 8192
 QUANT_PROGRAMS = 128              # small M: at most about this many prepass programs (see prepass_shape)
 SMEM_PER_SM = 228 * 1024    # H100 / H200; the occupancy estimate of the stream-K grid
 STREAMK_MAX_PER_SM = 4      # stream-K programs per SM at most
-# Weight bytes the stream-K GEMM asks L2 for (all programs together) before it waits for the
-# prepass (PDL): HBM streams weights while the activations are quantized. A third of the H200's
-# 60 MB L2 covers ~5 us of the prepass at 4.2 TB/s and leaves room for the rest of the stream.
-PREFETCH_L2_BYTES = 20 * 2**20
-PREFETCH_MAX_UNITS = 8      # per program (a constexpr: one compiled kernel per value)
+# dot_streamk_fused (prepass inside the stream-K launch): every program must be resident at once,
+# so the grid is this many programs per SM at most (a margin under the 3 that the shared memory of a
+# 16x64x256 tile allows), launched cooperatively where Triton can (a launch error, never a hang).
+FUSED_PER_SM = 2
+FUSED_SMEM_PER_SM = 180 * 1024   # ... and no more than fit in this much shared memory (Triton pads tiles)
+FUSED_QBLOCK_MAX = 4096     # activation columns a quantizing program holds in registers (32 per thread at 4 warps)
 SCAN_BLOCK_K_MAX = 512      # K tile of the fused kernels' absmax scan
 GROUP_M = 8
 DEFAULT_NUM_WARPS = 4
 DEFAULT_NUM_STAGES = 3
 PLAN_MEMO_MAX = 256         # launch plans kept per weight (one per M, rule and activation layout)
+
+
+def current_stream(index: int) -> int:
+    """The raw current CUDA stream of device ``index`` (the capture stream under graph capture)."""
+    return torch._C._cuda_getCurrentRawStream(index)
 
 
 @lru_cache(maxsize=None)
@@ -86,6 +93,17 @@ def pdl_supported(index: int) -> bool:
         return False
 
 
+@lru_cache(maxsize=None)
+def cooperative_supported() -> bool:
+    """Whether the installed Triton can launch a grid cooperatively (all programs co-resident or an error)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
+    except Exception:  # noqa: BLE001
+        return False
+
+
 @dataclass(frozen=True)
 class Kernels:
     """The kernels, compiled (``compiled``) or interpreted."""
@@ -95,6 +113,7 @@ class Kernels:
     streamk: object
     gemv: object
     fused_dot: object
+    streamk_fused: object
 
 
 class OpRunner:
@@ -205,6 +224,10 @@ class Plan:
                           num_warps=warps, num_stages=stages)
             self.launches.append(_Launch(kern.gemv if rule.kernel == "gemv_fused" else kern.fused_dot, grid, consts))
             return
+        if rule.kernel == "dot_streamk_fused":
+            if self._plan_fused(rt, w, rule, m, per_row, relu, device, warps, stages):
+                return
+            self.kind = "dot_streamk"      # see _plan_fused: the same GEMM after a separate prepass
         pdl = rt.pdl and device.type == "cuda" and pdl_supported(self.index)
         # workspace: Xq [m, kp] int8 | scales [m] fp32 | row sums [m] int32 (16-byte aligned pieces)
         self.xs_off = m * w.kp
@@ -213,15 +236,12 @@ class Plan:
         self.one_alloc = m <= QUANT_SMALL_M
         self.ws_off = round_up(4 * m * w.n, 16) if self.one_alloc else 0
         self.total_words = (self.ws_off + self.ws_bytes) // 4
-        if rule.kernel == "dot_streamk":
+        if self.kind == "dot_streamk":
             units = triton_cdiv(m, bm) * triton_cdiv(w.n, bn) * (w.kp // bk)
             programs = min(units, rt._resident_programs(device, rule, warps, stages))
             gemm = _Launch(kern.streamk, (programs, 1, 1),
                            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
                                 num_warps=warps, num_stages=stages))
-            prefetch = prefetch_units(rt.prefetch_bytes if pdl else 0, programs, units, bn, bk)
-            if prefetch:
-                gemm.kwargs["PREFETCH"] = prefetch
             self.split = 0
             zero_out = True
             self.relu_after = relu
@@ -245,15 +265,82 @@ class Plan:
         # the prepass
         k = w.k
         n_out = w.n if zero_out else 0
-        block_k, scan_once, qblock, chunks, rows = prepass_shape(m, k, w.kp, has_wzp)
+        block_k, scan_once, qblock, chunks, in_regs = prepass_shape(m, k, w.kp, has_wzp, zero_out)
         self.chunk_k = triton_cdiv(triton_cdiv(w.kp, chunks), 16) * 16
         self.chunk_n = triton_cdiv(n_out, chunks)
         self.n_out = n_out
         qkw = dict(BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=per_row, WANT_ROWSUM=has_wzp,
                    ZERO_OUT=zero_out, num_warps=quant_warps(block_k))
+        if in_regs:
+            qkw["ROW_IN_REGS"] = True
         if pdl:
             qkw["PDL"] = True
-        self.launches = [_Launch(kern.quantize, (rows, chunks, 1), qkw), gemm]
+        self.launches = [_Launch(kern.quantize, (m, chunks, 1), qkw), gemm]
+
+    def _plan_fused(self, rt, w: CudaWeight, rule, m: int, per_row: bool, relu: bool, device, warps: int,
+                    stages: int) -> bool:
+        """``dot_streamk_fused``: one launch, grid of ``P`` resident programs, the first
+        ``m * chunks`` of them quantizing one chunk of one row each (see the kernel). False
+        where it cannot run, and the plan is the two-launch ``dot_streamk`` instead: in the
+        interpreter (its grid runs one program after another, so no program can wait for
+        another), or when a chunk would not fit in registers (``FUSED_QBLOCK_MAX``)."""
+        if device.type != "cuda":
+            return False
+        bm, bn, bk = rule.block_m, rule.block_n, rule.block_k
+        units = triton_cdiv(m, bm) * triton_cdiv(w.n, bn) * (w.kp // bk)
+        per_sm = max(1, min(FUSED_PER_SM, FUSED_SMEM_PER_SM // tile_smem(rule, stages)))
+        programs = min(units, per_sm * _sm_count(self.index))
+        # one chunk per row where the row fits in registers: the kernel's first handoff is skipped
+        chunks = 1 if _next_pow2(w.kp) <= FUSED_QBLOCK_MAX else min(triton_cdiv(w.kp, QUANT_CHUNK), programs // m)
+        if chunks < 1 or m * chunks > programs:
+            return False
+        chunk_k = round_up(triton_cdiv(w.kp, chunks), 16)
+        chunks = triton_cdiv(w.kp, chunk_k)
+        qblock = _next_pow2(chunk_k)
+        if qblock > FUSED_QBLOCK_MAX:
+            return False
+        self.chunks, self.chunk_k, self.chunk_n = chunks, chunk_k, triton_cdiv(w.n, chunks)
+        # workspace: Xq [m, kp] int8 | scales [m] fp32 | chunk absmax [m*chunks] fp32 | chunk sums of q
+        self.xs_off = m * w.kp
+        self.part_off = self.xs_off + round_up(4 * m, 16)
+        self.psum_off = self.part_off + round_up(4 * m * chunks, 16)
+        self.ws_bytes = self.psum_off + (round_up(4 * m * chunks, 16) if self.has_wzp else 0)
+        self.one_alloc = True
+        self.ws_off = round_up(4 * m * w.n, 16)
+        self.total_words = (self.ws_off + self.ws_bytes) // 4
+        self.syncs: dict[int, torch.Tensor] = {}      # per stream: the kernel's never-reset counters
+        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, QBLOCK=qblock, CHUNKS_P2=_next_pow2(chunks),
+                      PER_ROW=per_row, HAS_WZP=self.has_wzp, HAS_BIAS=w.bias is not None,
+                      num_warps=warps, num_stages=stages)
+        if cooperative_supported():
+            consts["launch_cooperative_grid"] = True
+        self.kind = "dot_streamk_fused"
+        self.relu_after = relu                       # partials are added with atomics: ReLU after the sum
+        self.launches = [_Launch(rt.kernels.streamk_fused, (programs, 1, 1), consts)]
+        return True
+
+    def _sync(self, stream: int) -> torch.Tensor:
+        """The fused kernel's counters for this stream (zeroed once; calls on one stream are ordered,
+        calls on two streams must not share counters)."""
+        sync = self.syncs.get(stream)
+        if sync is None:
+            sync = self.syncs[stream] = torch.zeros(4, dtype=torch.int64, device=self.device)
+        return sync
+
+    def _fused_args(self, x, absmax, out, base, sync, w):
+        """Arguments of ``streamk_fused_kernel``; ``base`` is the workspace's address (int) or int8 tensor."""
+        if isinstance(base, int):
+            xq, xs, part = base, base + self.xs_off, base + self.part_off
+            psum = base + self.psum_off if self.has_wzp else None
+        else:
+            m = self.m
+            xq = base[:self.xs_off].view(m, self.kp)
+            xs = base[self.xs_off:self.xs_off + 4 * m].view(torch.float32)
+            part = base[self.part_off:self.part_off + 4 * m * self.chunks].view(torch.float32)
+            psum = base[self.psum_off:self.psum_off + 4 * m * self.chunks].view(torch.int32) if self.has_wzp else None
+        return ((x, absmax, xq, xs, part, psum, sync, w.w, w.scale, w.zero_point, w.bias, out,
+                 self.m, self.n, self.k, self.kp, self.chunk_k, self.chunk_n, self.chunks,
+                 self.sxm, self.sxk, self.kp, self.kp, self.n),)
 
     # -- arguments -------------------------------------------------------
     def _pointers(self):
@@ -267,7 +354,7 @@ class Plan:
         if self.kind in ("gemv_fused", "dot_fused"):
             return ((x, absmax, w.w, w.scale, w.zero_point, w.bias, out,
                      self.m, self.n, self.k, self.kp, self.sxm, self.sxk, self.kp, self.n),)
-        quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.m, self.k, self.kp, self.n_out,
+        quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.k, self.kp, self.n_out,
                  self.chunk_k, self.chunk_n, self.sxm, self.sxk, self.kp, self.n if self.zero_out else 0)
         if self.kind == "dot_streamk":
             gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
@@ -296,14 +383,18 @@ class Plan:
                 ptrs = self.ptrs = self._pointers()
             xp, op = x.data_ptr(), out.data_ptr()
             ap = None if absmax is None else absmax.data_ptr()
-            if ws_bytes:
+            if self.kind == "dot_streamk_fused":
+                stream = current_stream(self.index)
+                args = self._fused_args(xp, ap, op, buf.data_ptr() + self.ws_off, self._sync(stream).data_ptr(), ptrs)
+            elif ws_bytes:
                 p = buf.data_ptr() + self.ws_off
                 args = self._args(xp, ap, op, p, p + self.xs_off, p + self.rs_off if self.has_wzp else None, ptrs)
             else:
                 args = self._args(xp, ap, op, None, None, None, ptrs)
             if self.stub:                                      # stub_kernels(): the host work alone
                 return out
-            stream = current_stream(self.index)
+            if self.kind != "dot_streamk_fused":
+                stream = current_stream(self.index)
             try:
                 for launch, a in zip(launches, args):
                     launch.bound(stream, *a)
@@ -312,6 +403,16 @@ class Plan:
                 for launch in launches:
                     launch.bound = None
                 return self(x, absmax, False)
+        elif self.kind == "dot_streamk_fused":
+            ws = buf.view(torch.int8)[self.ws_off:self.ws_off + ws_bytes]
+            sync = self._sync(current_stream(self.index))
+            try:
+                launches[0].launch(self._fused_args(x, absmax, out, ws, sync, self.w)[0], fast)
+            except RuntimeError as exc:        # e.g. the grid cannot be co-resident: refused before it runs
+                raise RuntimeError(
+                    f"cuda backend: dot_streamk_fused ({self.rule.name}) for X [{m}, {self.k}] float32, "
+                    f"W [{n}, {self.k}] int8: launching {launches[0].grid[0]} co-resident programs failed: {exc}. "
+                    "Route this M to dot_streamk or use smaller tiles") from exc
         else:
             if ws_bytes:
                 ws = buf.view(torch.int8)[self.ws_off:self.ws_off + ws_bytes]
@@ -339,8 +440,7 @@ class CudaRuntime:
                         for op, relu in ((LINEAR_DYNAMIC, False), (LINEAR_RELU_DYNAMIC, True))
                         if config.op(op).enabled}
         self.streamk_per_sm = 0            # 0: from the occupancy estimate (a benchmark may force it)
-        self.prefetch_bytes = PREFETCH_L2_BYTES   # stream-K's L2 prefetch under PDL; 0 turns it off
-        # Launch compiled kernels directly after their first launch (see launch.py); the
+        # Launch compiled kernels directly after their first launch (common/launch.py); the
         # benchmark turns these off to measure what they save.
         self.fast_launch = self.execution == "compiled"
         self.pdl = self.execution == "compiled"
@@ -353,7 +453,7 @@ class CudaRuntime:
         inside use the stub; the plans made before are kept for afterwards."""
         kernels, fast = self.kernels, self.fast_launch
         stub = StubKernel()
-        self.kernels, self.fast_launch, self._stubbed = Kernels(stub, stub, stub, stub, stub), False, True
+        self.kernels, self.fast_launch, self._stubbed = Kernels(stub, stub, stub, stub, stub, stub), False, True
         try:
             yield
         finally:
@@ -387,7 +487,7 @@ class CudaRuntime:
         # id(rule): hashing the frozen rule dataclass costs ~1 us a call; the plan keeps the rule
         # and is rebuilt if another rule ever takes that id
         key = (id(rule), m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
-               self.prefetch_bytes, self._stubbed)
+               self._stubbed)
         plans = w.plans
         plan = plans.get(key)
         if plan is None or plan.rule is not rule:
@@ -410,14 +510,14 @@ class CudaRuntime:
         if per_row is False and absmax is None:
             absmax = x2d.abs().amax().reshape(1)
         n_out = 0 if zero_out is None else zero_out.shape[1]
-        block_k, scan_once, qblock, chunks, rows = prepass_shape(m, k, kp, want_rowsum)
+        block_k, scan_once, qblock, chunks, in_regs = prepass_shape(m, k, kp, want_rowsum, zero_out is not None)
         chunk_k = triton_cdiv(triton_cdiv(kp, chunks), 16) * 16
         chunk_n = triton_cdiv(n_out, chunks)
-        self.kernels.quantize[(rows, chunks)](
-            x2d, xq, xs, rowsum, absmax, zero_out, m, k, kp, n_out, chunk_k, chunk_n,
+        self.kernels.quantize[(m, chunks)](
+            x2d, xq, xs, rowsum, absmax, zero_out, k, kp, n_out, chunk_k, chunk_n,
             x2d.stride(0), x2d.stride(1), xq.stride(0), 0 if zero_out is None else zero_out.stride(0),
             BLOCK_K=block_k, QBLOCK=qblock, SCAN_ONCE=scan_once, PER_ROW=per_row, WANT_ROWSUM=want_rowsum,
-            ZERO_OUT=zero_out is not None, num_warps=quant_warps(block_k),
+            ZERO_OUT=zero_out is not None, ROW_IN_REGS=in_regs, num_warps=quant_warps(block_k),
         )
         return xq, xs, rowsum
 
@@ -454,33 +554,25 @@ class CudaRuntime:
         }
 
 
-def prepass_shape(m: int, k: int, kp: int, want_rowsum: bool) -> tuple[int, int, int, int, int]:
-    """``(BLOCK_K, SCAN_ONCE, QBLOCK, chunks, row programs)`` of the prepass for M rows of K
-    (padded Kp).
+def prepass_shape(m: int, k: int, kp: int, want_rowsum: bool, zero_out: bool) -> tuple[int, bool, int, int, bool]:
+    """``(BLOCK_K, SCAN_ONCE, QBLOCK, chunks, ROW_IN_REGS)`` of the prepass for M rows of K
+    (padded Kp); one program per (row, chunk).
 
-    Small M: a program per row, the whole row in one load, its quantization split over
-    chunks of ``QUANT_CHUNK`` columns so that a decode row's divisions run on several SMs;
+    Small M: the whole row in one load, its quantization split over chunks of
+    ``QUANT_CHUNK`` columns so that a decode row's divisions run on several SMs;
     each chunk re-reads the row for the absmax, so the chunks are capped at about
     ``QUANT_PROGRAMS`` programs in all (at M = 64, K = 18944 on an H200: 640 programs
-    took 17 us, the re-reads being 48 MB). Larger M: one chunk; each row program walks
-    rows, about ``QUANT_ROWS_IN_FLIGHT_BYTES`` of rows in flight (see there)."""
+    took 17 us, the re-reads being 48 MB). Larger M: one chunk; the row read once and
+    quantized from registers up to ``QUANT_ROW_IN_REGS_MAX`` (not with ``zero_out``),
+    else a loop over K tiles (absmax, then quantization)."""
     if m <= QUANT_SMALL_M and k <= QUANT_SCAN_ONCE_MAX:
         chunks = 1 if want_rowsum else max(1, min(triton_cdiv(kp, QUANT_CHUNK), QUANT_PROGRAMS // m))
-        return _next_pow2(k), True, QUANT_CHUNK, chunks, m
-    rows = max(1, min(m, QUANT_ROWS_IN_FLIGHT_BYTES // (4 * k)))
+        return _next_pow2(k), True, QUANT_CHUNK, chunks, False
+    if _next_pow2(kp) <= QUANT_ROW_IN_REGS_MAX and not zero_out:
+        return _next_pow2(kp), True, _next_pow2(kp), 1, True
     if k <= QUANT_PREFILL_SCAN_ONCE_MAX:
-        return _next_pow2(k), True, _next_pow2(k), 1, rows
-    return QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1, rows
-
-
-def prefetch_units(prefetch_bytes: int, programs: int, units: int, block_n: int, block_k: int) -> int:
-    """Units (``block_n x block_k`` weight tiles) each stream-K program asks L2 for before it
-    waits for the prepass: ``prefetch_bytes`` over the grid, at most the program's own range
-    and ``PREFETCH_MAX_UNITS``; 0 when off or the tile is narrower than a 128-byte line."""
-    if prefetch_bytes <= 0 or block_k < 128 or programs <= 0:
-        return 0
-    per_program = triton_cdiv(prefetch_bytes, programs * block_n * block_k)
-    return max(0, min(per_program, PREFETCH_MAX_UNITS, triton_cdiv(units, programs)))
+        return _next_pow2(k), True, _next_pow2(k), 1, False
+    return QUANT_BLOCK_K, False, QUANT_BLOCK_K, 1, False
 
 
 def split_k_for(tiles: int, k_blocks: int, target_programs: int) -> int:
@@ -521,13 +613,14 @@ def _resolve_execution(mode: str):
                                       InterpretedKernel(K.dot_kernel),
                                       InterpretedKernel(K.streamk_kernel),
                                       InterpretedKernel(K.gemv_kernel),
-                                      InterpretedKernel(K.fused_dot_kernel)), (
+                                      InterpretedKernel(K.fused_dot_kernel),
+                                      InterpretedKernel(K.streamk_fused_kernel)), (
             "Triton interpreter on CPU tensors (ops registered for the CPU key): validates the "
             "kernel source on any host; not for speed")
     ok, detail = cuda_status()
     if ok:
         return "compiled", Kernels(K.quantize_kernel, K.dot_kernel, K.streamk_kernel, K.gemv_kernel,
-                                       K.fused_dot_kernel), detail
+                                   K.fused_dot_kernel, K.streamk_fused_kernel), detail
     raise BackendUnavailable(
         f"cuda backend: execution={mode!r} needs a CUDA device: {detail}. "
         "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "
