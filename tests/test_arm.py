@@ -214,7 +214,7 @@ def test_auto_execution_without_triton_cpu_is_a_clear_error(monkeypatch):
 
 
 def test_auto_selects_compiled_only_on_aarch64(monkeypatch):
-    """x86 Triton-CPU is a validation proxy (1.3-7.5x slower than fbgemm at best): `auto`
+    """x86 Triton-CPU is a validation proxy (1.2-8x slower than fbgemm at best): `auto`
     never picks it; `compiled` runs it, with one warning per process."""
     from opregistry.backends.arm import device
 

@@ -107,3 +107,31 @@ def test_direct_launches_repeat_the_jit_launch(scheme, rules):
     assert sum(plan.bound.direct for plan in p.plans.values()) == 2 * len(cases)
     entries = [entry for plan in p.plans.values() for entry in plan.bound.entries.values()]
     assert len(entries) == len(cases) and None not in entries      # one binding per specialization
+
+
+def test_gemv_prequant_tile_sum_is_exact_at_its_limit():
+    """The dot-free GEMM sums a K tile in fp32: at the largest allowed tile (1024) with
+    every product at 127 x -127 the sum is -16 515 072, odd multiples all the way, below
+    2**24 so every partial sum is an exact fp32 integer. With unit scales (per_tensor,
+    X = 127) the output is that integer exactly."""
+    import opregistry.testing as T
+
+    k = 1024
+    rules = [{"name": "wide", "kernel": "gemv_prequant", "block_m": 1, "block_n": 16, "block_k": k}]
+    ops = {op: {"routing": rules, "weight_layout": {"block_k": k, "block_n": 16}, "activation_scale": "per_tensor"}
+           for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+    rt = ArmRuntime(registry.Registry().build_config("arm", device="generic", execution=ARM_EXECUTION, ops=ops))
+    with T.quiet_quantized_tensor_creation():
+        qw = torch.quantize_per_tensor(torch.full((16, k), -127.0), 1.0, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(qw, None)
+    x = torch.full((2, k), 127.0)                          # scale 127 / 127 = 1: x_q = 127
+    y = rt.runners[LINEAR_DYNAMIC](x, packed)
+    assert torch.equal(y, torch.full((2, 16), -127.0 * 127 * k))
+    assert_matches_contract(y, x, packed, mode="per_tensor")
+
+
+def test_gemv_prequant_refuses_tiles_past_the_exact_limit():
+    rules = [{"name": "too-wide", "kernel": "gemv_prequant", "block_m": 1, "block_n": 16, "block_k": 2048}]
+    ops = {LINEAR_DYNAMIC: {"routing": rules, "weight_layout": {"block_k": 2048, "block_n": 16}}}
+    with pytest.raises(registry.ConfigError, match=r"routing\[0\]\.block_k.*exact up to 1024 \(got 2048\)"):
+        registry.Registry().build_config("arm", execution=ARM_EXECUTION, ops=ops)

@@ -86,3 +86,11 @@ def test_retarget_x86_ir_to_aarch64():
 def test_retarget_reports_llc_errors():
     asm, note = retarget("define void @f() {\n  call void @llvm.x86.sse2.pause()\n  ret void\n}\n", find_llc())
     assert asm is None and note
+
+
+def test_retarget_reports_an_llc_that_does_not_finish(tmp_path):
+    slow = tmp_path / "llc"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    asm, note = retarget(X86_IR, str(slow), timeout=0.5)
+    assert asm is None and "did not finish in 0.5 s" in note and "--llc-timeout" in note

@@ -81,8 +81,12 @@ def retarget(llir: str, llc: str, triple: str = AARCH64_TRIPLE, attrs: str = AAR
         src = Path(tmp) / "kernel.ll"
         src.write_text(stripped)
         out = Path(tmp) / "kernel.s"
-        done = subprocess.run([llc, "-O3", f"-mtriple={triple}", f"-mattr={attrs}", str(src), "-o", str(out)],
-                              capture_output=True, text=True, timeout=timeout)
+        try:
+            done = subprocess.run([llc, "-O3", f"-mtriple={triple}", f"-mattr={attrs}", str(src), "-o", str(out)],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, (f"llc did not finish in {timeout:g} s ({len(llir) // 1024} KiB of IR; the kernel's tiles are "
+                          "fully unrolled): not audited (opregistry asm --llc-timeout S to wait longer)")
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             return None, " | ".join(lines[:3])[:600] or f"llc exited with {done.returncode}"
@@ -97,7 +101,7 @@ def _rule_input(rule, k: int):
 
 
 def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep_dir: str | None = None,
-          out=None) -> dict:
+          out=None, llc_timeout: float = 600) -> dict:
     """Compile and audit every routing rule of the packaged ARM tables (or ``devices``)."""
     import torch
 
@@ -141,7 +145,7 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
                 entry["fallback"] = rt.dot_fallbacks.get(rule.name)
                 entry["warnings"] = [str(w.message) for w in caught if "validation proxy" not in str(w.message)]
                 new = sorted(set(cache.rglob("*.llir")) - before)
-                entry["kernels"] = [_audit_file(path, llc) for path in new]
+                entry["kernels"] = [_audit_file(path, llc, llc_timeout) for path in new]
                 if not new:
                     entry["note"] = "no new kernel compiled (an earlier rule compiled the same variant)"
                 report["variants"].append(entry)
@@ -160,7 +164,7 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
     return report
 
 
-def _audit_file(path: Path, llc: str | None) -> dict:
+def _audit_file(path: Path, llc: str | None, llc_timeout: float = 600) -> dict:
     llir = path.read_text()
     item = {"name": path.stem, "llir_bytes": len(llir),
             "x86_intrinsics": sorted(set(re.findall(r"@llvm\.x86\.[a-z0-9_.]+", llir)))}
@@ -170,7 +174,7 @@ def _audit_file(path: Path, llc: str | None) -> dict:
     if llc is None:
         item["aarch64_error"] = "no llc found (install LLVM: llc-19)"
         return item
-    asm, note = retarget(llir, llc)
+    asm, note = retarget(llir, llc, timeout=llc_timeout)
     if asm is None:
         item["aarch64_error"] = note
     else:

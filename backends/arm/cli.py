@@ -65,6 +65,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--device", nargs="+", help="packaged tables to audit (default: all)")
     s.add_argument("--shape", type=_shape, default=(256, 256), metavar="KxN", help="weight shape (default 256x256)")
     s.add_argument("--llc", help="llc to use (default: llc-19 or llc on PATH)")
+    s.add_argument("--llc-timeout", type=float, default=600, metavar="S",
+                   help="seconds llc may take per kernel before it is reported as not audited (default 600)")
     s.add_argument("--keep", metavar="DIR", help="keep the compiled kernels' cache in DIR")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_asm)
@@ -99,7 +101,7 @@ def cmd_asm(args) -> int:
     k, n = args.shape
     try:
         report = audit(devices=args.device, k=k, n=n, llc=args.llc, keep_dir=args.keep,
-                       out=None if args.json else sys.stdout)
+                       out=None if args.json else sys.stdout, llc_timeout=args.llc_timeout)
     except RuntimeError as exc:
         raise RegistryError(str(exc)) from None
     if args.json:

@@ -19,6 +19,9 @@ KERNELS = ("dot", "gemv", *PREQUANT_KERNELS, PYTORCH_KERNEL)
 OP_KEYS = ("padding", "activation_scale", "fast_path", "weight_layout", "routing")
 INT_MM = "aten::_int_mm"
 INT_MM_KEYS = ("padding", "weight_layout", "operand_cache", "routing")   # int8 operands: no activation scheme
+# gemv_prequant sums a K tile of int8 x int8 products in fp32: |x_q|, |w| <= 128, so the
+# sum stays within 2**24 (every integer exact) up to this block_k.
+EXACT_FP32_BLOCK_K = 1024
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
             raise rule.error("kernel", f"{common['kernel']} quantizes float activations; {INT_MM} takes int8 "
                                        "operands (use dot or gemv)")
         tiles = read_tiles(rule)
-        if common["kernel"] == "gemv_prequant" and tiles["block_k"] > 1024:
-            raise rule.error("block_k", f"gemv_prequant sums one K tile in fp32, exact up to 1024 (got "
-                                        f"{tiles['block_k']})")
+        if common["kernel"] == "gemv_prequant" and tiles["block_k"] > EXACT_FP32_BLOCK_K:
+            raise rule.error("block_k", f"gemv_prequant sums one K tile in fp32, exact up to {EXACT_FP32_BLOCK_K} "
+                                        f"(got {tiles['block_k']})")
         for tile in ("block_k", "block_n"):
             if getattr(layout, tile) % tiles[tile]:
                 layout_src = settings.source(f"weight_layout.{tile}")

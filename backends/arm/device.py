@@ -113,7 +113,7 @@ def triton_cpu_status() -> TritonCpuStatus:
 
 # -- which execution `auto` selects -------------------------------------------
 # Triton-CPU also builds and runs on x86_64, but int8 arithmetic is lowered there
-# generically (no VNNI): measured 1.3-7.5x slower than PyTorch's own fbgemm kernel on
+# generically (no VNNI): measured 1.2-8x slower than PyTorch's own fbgemm kernel on
 # the same host with the table tuned for it (device: x86-proxy), 20-30x with the
 # ARM tables' tl.dot prefill rules (docs/BENCHMARKS.md). A validation proxy for
 # the ARM kernels, never a silent default.
@@ -129,7 +129,7 @@ def auto_selects_compiled(machine: str | None = None) -> bool:
 def proxy_note(machine: str | None = None) -> str:
     machine = machine or platform.machine()
     return (f"Triton-CPU on {machine} is a validation proxy for the ARM kernels, not a deployment: it lowers "
-            "int8 arithmetic generically (no i8mm/VNNI), 1.3-7.5x slower than PyTorch's own quantized kernel on "
+            "int8 arithmetic generically (no i8mm/VNNI), 1.2-8x slower than PyTorch's own quantized kernel on "
             "the same host with the table tuned for it (device: x86-proxy), 20-30x with the ARM tables' tl.dot "
             "rules (docs/BENCHMARKS.md)")
 

@@ -28,10 +28,10 @@ import triton.language as tl
 QMAX = tl.constexpr(127.0)
 UMAX = tl.constexpr(255.0)
 INF = tl.constexpr(float("inf"))
-# K chunk of the quantization pass (power of two). Small: each live value of the
-# chunk is 16 registers of a 128-bit core at 64 fp32 lanes (1024 spilled heavily
-# in the aarch64 audit); no slower on the x86 proxy, where the pass is bound by
-# loads and launch cost (30 us at M=1, K=2048 with 32 to 1024).
+# K chunk of the quantization pass (power of two). Small: each live value of a
+# 64-column chunk is 16 registers of a 128-bit core (the aarch64 audit: ~1 100
+# spills at 256 columns, ~140 at 64); no slower on the x86 proxy, where the pass
+# is bound by loads and launch cost (30 us at M=1, K=2048 with 32 to 1024).
 QUANT_BLOCK_K_MAX = 64
 
 

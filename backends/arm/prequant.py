@@ -16,10 +16,9 @@ from opregistry.backends.common.interpreter import InterpretedKernel
 from opregistry.backends.common.launch import BoundLaunches, jit_function_class
 from opregistry.backends.common.weights import round_up
 
+from .config import EXACT_FP32_BLOCK_K
 from .kernel_prequant import QUANT_BLOCK_K_MAX, qgemm_kernel, quantize_rows_kernel
 
-# |x_q|, |w| <= 128, so a K tile's sum of products stays within 2**24 (exact in fp32) up to this.
-EXACT_FP32_BLOCK_K = 1024
 _QUANT_CONSTEXPRS = ("QBLOCK_K", "ACT", "HAS_ROWSUM")
 _GEMM_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "LAYOUT_K", "LAYOUT_N", "EVEN_M", "EVEN_N", "ACT", "HAS_BIAS",
                     "HAS_WZP", "RELU", "USE_DOT")
@@ -42,10 +41,8 @@ def _kernels_like(kernel):
     return kernel, kernel
 
 
-
-
 class PrequantPlan:
-    """A ``dot_prequant`` launch on one prepared weight, tiles and scheme."""
+    """A ``dot_prequant`` / ``gemv_prequant`` launch pair on one prepared weight, tiles and scheme."""
 
     __slots__ = ("block_m", "n", "k", "k_pad", "grid_n", "w_args", "sizes", "consts", "quant_consts",
                  "quant_tail", "tails", "has_rowsum", "bound")
