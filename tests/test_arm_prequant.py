@@ -135,3 +135,34 @@ def test_gemv_prequant_refuses_tiles_past_the_exact_limit():
     ops = {LINEAR_DYNAMIC: {"routing": rules, "weight_layout": {"block_k": 2048, "block_n": 16}}}
     with pytest.raises(registry.ConfigError, match=r"routing\[0\]\.block_k.*exact up to 1024 \(got 2048\)"):
         registry.Registry().build_config("arm", execution=ARM_EXECUTION, ops=ops)
+
+
+@pytest.mark.parametrize("rows_per_program", [1, 8])
+def test_quantize_pass_rows_per_program(rows_per_program):
+    """The quantization pass runs one row per program compiled and the GEMM's row block
+    interpreted: each form gives torch's own per-row quantization (round half to even),
+    NaN scale for a non-finite row, zero padding rows and columns, exact row sums."""
+    from opregistry.backends.arm.kernel_prequant import quantize_rows_kernel
+    from opregistry.backends.common.interpreter import InterpretedKernel
+
+    kernel = quantize_rows_kernel if ARM_EXECUTION == "compiled" else InterpretedKernel(quantize_rows_kernel)
+    m, k, k_pad, m_pad = 13, 45, 64, 16
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 3
+    x[4, 7] = float("nan")
+    x[6] = 0.0
+    x[2, 4] = 127.0                                      # row 2: step exactly 1, then halves are ties
+    x[2, :4] = torch.tensor([0.5, 1.5, -2.5, 3.5])
+    xq = torch.full((m_pad, k_pad), 99, dtype=torch.int8)
+    scale = torch.full((m_pad,), -1.0)
+    rowsum = torch.full((m_pad,), -1, dtype=torch.int32)
+    kernel[(m_pad // rows_per_program,)](x, xq, scale, rowsum, m, k, k_pad, x.stride(0), x.stride(1), k_pad,
+                                         1.0, 1.0, 0, rows_per_program, 32, 0, True)
+    s = x.abs().amax(dim=1) / 127
+    s[s == 0] = 1.0
+    want = torch.zeros(m_pad, k_pad, dtype=torch.int8)
+    want[:m, :k] = torch.round(x / s[:, None]).clamp(-127, 127).nan_to_num(0).to(torch.int8)
+    want[4] = 0                                          # a non-finite row quantizes to zeros, scale NaN
+    assert torch.equal(xq, want)
+    assert torch.isnan(scale[4]) and torch.equal(scale[[0, 1, 2, 3, 5, 6]], s[[0, 1, 2, 3, 5, 6]])
+    assert torch.equal(scale[m:], torch.ones(m_pad - m))
+    assert torch.equal(rowsum, want.to(torch.int32).sum(dim=1))

@@ -74,7 +74,7 @@ QGEMM_TYPES = {"xq_ptr": "*i8", "scale_ptr": "*fp32", "rowsum_ptr": "*i32", "w_p
 @pytest.mark.parametrize("act", [ACT_PER_ROW, ACT_PYTORCH])
 def test_prequant_kernels_compile_for_sm90(act):
     """dot_prequant: the quantization pass, and a GEMM whose int8 A tile is a plain load."""
-    quant = compile_prequant("quantize_rows_kernel", dict(QBLOCK_K=256, ACT=act, HAS_ROWSUM=True), QUANT_TYPES, [])
+    quant = compile_prequant("quantize_rows_kernel", dict(QBLOCK_M=1, QBLOCK_K=64, ACT=act, HAS_ROWSUM=True), QUANT_TYPES, [])
     assert ".entry quantize_rows_kernel" in quant.asm["ptx"]
     gemm = compile_prequant("qgemm_kernel", dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, LAYOUT_K=32, LAYOUT_N=64,
                                                  EVEN_M=False, EVEN_N=False, ACT=act, HAS_BIAS=True, HAS_WZP=True,

@@ -118,10 +118,10 @@ def _prequant_cases() -> list[dict]:
     path = str(ROOT / "backends/arm/kernel_prequant.py")
     cases = []
     for act in (0, 1, 2):
-        for rowsum in (False, True):
-            cases.append({"id": f"quantize-act{act}-{'rowsum' if rowsum else 'plain'}", "file": path,
+        for rowsum, rows in ((False, 1), (True, 1), (True, 8)):     # rows per program: compiled 1
+            cases.append({"id": f"quantize-act{act}-{'rowsum' if rowsum else 'plain'}-rows{rows}", "file": path,
                           "kernel": "quantize_rows_kernel", "types": QUANT_TYPES,
-                          "consts": dict(QBLOCK_K=256, ACT=act, HAS_ROWSUM=rowsum),
+                          "consts": dict(QBLOCK_M=rows, QBLOCK_K=64, ACT=act, HAS_ROWSUM=rowsum),
                           "none": [] if rowsum else ["rowsum_ptr"], "dot": False})
         for (bm, dot) in ((16, True), (64, True), (4, False), (1, False)):
             for even in (False, True):

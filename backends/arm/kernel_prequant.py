@@ -7,7 +7,7 @@ re-reads and re-quantizes the same fp32 rows (O(M·K·N/BLOCK_N) float work), an
 the A operand of ``tl.dot`` is a value computed in registers, not a load. This
 variant splits the work in two launches:
 
-1. ``quantize_rows_kernel`` — one program per row: absmax (``per_row``) and
+1. ``quantize_rows_kernel`` — ``QBLOCK_M`` rows per program: absmax (``per_row``) and
    round-half-to-even int8 into a scratch ``X_q [M_pad, K_pad]``, its per-row
    scales (NaN for a row with NaN/Inf), and the row sums the weight zero-point
    correction needs. Rows past M and columns past K are written as zeros, so
@@ -40,34 +40,34 @@ def quantize_rows_kernel(
     x_ptr, xq_ptr, scale_ptr, rowsum_ptr,
     M, K, K_PAD, stride_xm, stride_xk, stride_qm,
     x_scale_arg, x_inv_scale, x_zp,
-    QBLOCK_K: tl.constexpr, ACT: tl.constexpr, HAS_ROWSUM: tl.constexpr,
+    QBLOCK_M: tl.constexpr, QBLOCK_K: tl.constexpr, ACT: tl.constexpr, HAS_ROWSUM: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    k_end = tl.where(row < M, K, 0)        # rows past M (padding) read nothing: zeros
-    x_row = x_ptr + row * stride_xm
-    if ACT == 0:  # per_row: absmax of the row; NaN counts as +inf
-        absmax = tl.zeros([QBLOCK_K], dtype=tl.float32)
+    rows = tl.program_id(0) * QBLOCK_M + tl.arange(0, QBLOCK_M)
+    k_end = tl.where(rows < M, K, 0)[:, None]     # rows past M (padding) read nothing: zeros
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    if ACT == 0:  # per_row: absmax of each row; NaN counts as +inf
+        absmax = tl.zeros([QBLOCK_M, QBLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, QBLOCK_K):
-            rk = k0 + tl.arange(0, QBLOCK_K)
-            a = tl.load(x_row + rk * stride_xk, mask=rk < k_end, other=0.0)
+            rk = k0 + tl.arange(0, QBLOCK_K)[None, :]
+            a = tl.load(x_rows + rk * stride_xk, mask=rk < k_end, other=0.0)
             absmax = tl.maximum(absmax, tl.where(a == a, tl.abs(a), INF))
-        amax = tl.max(absmax, axis=0)
+        amax = tl.max(absmax, axis=1)
         row_ok = amax < INF
         x_scale = tl.where(amax == 0.0, 1.0, amax / QMAX)
         x_scale = tl.where(row_ok, x_scale, 1.0)
     else:
-        row_ok = row >= 0
-        x_scale = x_scale_arg + 0.0
-    rsum = tl.zeros([QBLOCK_K], dtype=tl.int32)
+        row_ok = rows >= 0
+        x_scale = tl.zeros([QBLOCK_M], dtype=tl.float32) + x_scale_arg
+    rsum = tl.zeros([QBLOCK_M, QBLOCK_K], dtype=tl.int32)
     for k0 in range(0, K_PAD, QBLOCK_K):
-        rk = k0 + tl.arange(0, QBLOCK_K)
+        rk = k0 + tl.arange(0, QBLOCK_K)[None, :]
         k_in = rk < k_end
-        a = tl.load(x_row + rk * stride_xk, mask=k_in, other=0.0)
+        a = tl.load(x_rows + rk * stride_xk, mask=k_in, other=0.0)
         if ACT == 2:
             v = a * x_inv_scale
         else:
-            a = tl.where(row_ok, a, 0.0)
-            v = a / x_scale
+            a = tl.where(row_ok[:, None], a, 0.0)
+            v = a / x_scale[:, None]
         fl = tl.floor(v)
         frac = v - fl
         odd = (fl - 2.0 * tl.floor(fl * 0.5)) != 0.0
@@ -79,10 +79,10 @@ def quantize_rows_kernel(
         q = tl.where(k_in, qf, 0.0).to(tl.int32)                 # padding is exactly zero
         if HAS_ROWSUM:
             rsum += q
-        tl.store(xq_ptr + row * stride_qm + rk, q.to(tl.int8), mask=rk < K_PAD)
+        tl.store(xq_ptr + rows[:, None] * stride_qm + rk, q.to(tl.int8), mask=rk < K_PAD)
     if HAS_ROWSUM:
-        tl.store(rowsum_ptr + row, tl.sum(rsum, axis=0))
-    tl.store(scale_ptr + row, tl.where(row_ok, x_scale, float("nan")))
+        tl.store(rowsum_ptr + rows, tl.sum(rsum, axis=1))
+    tl.store(scale_ptr + rows, tl.where(row_ok, x_scale, float("nan")))
 
 
 @triton.jit(do_not_specialize=["x_zp"])

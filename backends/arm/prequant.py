@@ -19,7 +19,7 @@ from opregistry.backends.common.weights import round_up
 from .config import EXACT_FP32_BLOCK_K
 from .kernel_prequant import QUANT_BLOCK_K_MAX, qgemm_kernel, quantize_rows_kernel
 
-_QUANT_CONSTEXPRS = ("QBLOCK_K", "ACT", "HAS_ROWSUM")
+_QUANT_CONSTEXPRS = ("QBLOCK_M", "QBLOCK_K", "ACT", "HAS_ROWSUM")
 _GEMM_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "LAYOUT_K", "LAYOUT_N", "EVEN_M", "EVEN_N", "ACT", "HAS_BIAS",
                     "HAS_WZP", "RELU", "USE_DOT")
 assert tuple(quantize_rows_kernel.arg_names[-len(_QUANT_CONSTEXPRS):]) == _QUANT_CONSTEXPRS
@@ -62,10 +62,14 @@ class PrequantPlan:
                       LAYOUT_N=weight.layout_n, EVEN_N=n % block_n == 0, ACT=act,
                       HAS_BIAS=weight.bias is not None, HAS_WZP=self.has_rowsum, RELU=relu, USE_DOT=use_dot)
         self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})   # by m % block_m == 0
-        self.quant_consts = dict(QBLOCK_K=min(QUANT_BLOCK_K_MAX, 1 << (self.k_pad - 1).bit_length()), ACT=act,
-                                 HAS_ROWSUM=self.has_rowsum)
+        # Rows per quantization program: compiled, one (a 64-column chunk of one row already
+        # fills a 128-bit core's registers); interpreted, the GEMM's row block (the
+        # interpreter pays per operation, not per element: one program per row made the
+        # pass ~7 ms a row, 4-20x the GEMM at M = 64).
+        self.quant_consts = dict(QBLOCK_M=1, QBLOCK_K=min(QUANT_BLOCK_K_MAX, 1 << (self.k_pad - 1).bit_length()),
+                                 ACT=act, HAS_ROWSUM=self.has_rowsum)
         # Constexprs passed positionally, in each kernel's own order (cheaper than keywords per launch).
-        self.quant_tail = tuple(self.quant_consts[name] for name in _QUANT_CONSTEXPRS)
+        self.quant_tail = tuple({**self.quant_consts, "QBLOCK_M": block_m}[name] for name in _QUANT_CONSTEXPRS)
         self.tails = tuple(tuple(c[name] for name in _GEMM_CONSTEXPRS) for c in self.consts)
         # Compiled mode: both launches repeated through Triton's launcher (common/launch.py).
         self.bound = BoundLaunches()
@@ -89,6 +93,6 @@ class PrequantPlan:
                                  (qgemm_kernel, (m_pad // bm, self.grid_n), gemm_args, self.consts[m == m_pad])))
             return out
         quantize, gemm = _kernels_like(kernel)
-        quantize[(m_pad,)](*quant_args, *self.quant_tail)
+        quantize[(m_pad // bm,)](*quant_args, *self.quant_tail)
         gemm[(m_pad // bm, self.grid_n)](*gemm_args, *self.tails[m == m_pad])
         return out
