@@ -36,7 +36,7 @@ def arm_status(reg) -> dict:
     return reg.status()["backends"]["arm"]
 
 
-@pytest.mark.parametrize("device", ["generic", "cix-p1"])
+@pytest.mark.parametrize("device", ["generic", "cix-p1", "x86-proxy"])
 @pytest.mark.parametrize("m", [0, 1, 2, 3, 8, 17, 64, 65])
 def test_every_m_exact(reg, device, m):
     """N=70, K=45 (neither a multiple of the 64 x 32 tiles); B transposed (torchao's
@@ -91,6 +91,26 @@ def test_int32_wraps_like_pytorch(reg):
             "routing": [{"kernel": "gemv", "block_m": 1, "block_n": 64, "block_k": bk}]}
     reg.enable(device="generic", ops={INT_MM: {**wide, "operand_cache": True}}, **ARM)
     for _ in range(2):                                   # read in place, then from the cache
+        assert torch.equal(torch._int_mm(a, b), expected)
+
+
+@pytest.mark.parametrize("b_layout", ["k-contiguous", "n-contiguous"])
+@pytest.mark.parametrize("a_dtype", [torch.int8, torch.uint8])
+def test_dot_free_tile_sum_is_exact_at_its_limit(reg, a_dtype, b_layout):
+    """The dot-free kernel sums a K tile in fp32 up to block_k 1024: with every product
+    -127 x -127 (odd), a tile's sum reaches 16 516 096, just below 2**24, so every partial
+    sum is exact there; one tile of 2048 would round (odd values past 2**24). A uint8 A of
+    1 is shifted to -127 inside the kernel. B read in place (torchao's K-contiguous view
+    or a plain [K, N] tensor), then from the cache."""
+    k = 2 * 1024
+    a = torch.full((1, k), 1 if a_dtype == torch.uint8 else -127, dtype=a_dtype)
+    b = torch.full((3, k), -127, dtype=torch.int8).t() if b_layout == "k-contiguous" else \
+        torch.full((k, 3), -127, dtype=torch.int8)
+    expected = torch._int_mm(a, b)
+    wide = {"weight_layout": {"block_k": 1024, "block_n": 16},
+            "routing": [{"kernel": "gemv", "block_m": 1, "block_n": 16, "block_k": 1024}]}
+    reg.enable(device="generic", ops={INT_MM: {**wide, "operand_cache": True}}, **ARM)
+    for _ in range(2):
         assert torch.equal(torch._int_mm(a, b), expected)
 
 
@@ -247,3 +267,33 @@ def test_disabled_op_is_pytorchs(reg):
 def test_config_rejects_linear_only_keys():
     with pytest.raises(registry.ConfigError, match=r"ops\.aten::_int_mm\.activation_scale: unknown key"):
         registry.Registry().build_config("arm", ops={INT_MM: {"activation_scale": "per_row"}})
+
+
+@pytest.mark.skipif(ARM_EXECUTION != "compiled",
+                    reason="direct launches are made only for compiled kernels (--arm-execution=compiled)")
+def test_direct_launches_repeat_the_jit_launch():
+    """After the first launch per specialization the runner repeats the compiled kernel
+    through Triton's launcher: bit-exact with PyTorch, and a call that Triton would
+    specialize differently (A at an odd address, transposed A, another M, uint8 A, a
+    cached operand) is bound anew, not launched wrongly."""
+    from opregistry import registry
+    from opregistry.backends.arm.runtime import ArmRuntime
+
+    cfg = registry.Registry().build_config("arm", device="generic", execution="compiled",
+                                           ops={INT_MM: {"operand_cache": True}})
+    runner = ArmRuntime(cfg).runners[INT_MM]
+    base = rand_i8(16 * 48 + 1, seed=7)
+    b = rand_i8(70, 48, seed=8).t()
+    cases = {                          # M = 16: a multiple of the rule's 8 rows, so A is not copied to pad it
+        "aligned": base[:16 * 48].view(16, 48),
+        "offset-1-byte": base[1:].view(16, 48),
+        "transposed": base[:16 * 48].view(48, 16).t(),
+        "m1": base[:48].view(1, 48),
+        "uint8": base[:48].view(1, 48).view(torch.uint8),
+    }
+    for name, a in cases.items():
+        expected = torch.ops.aten._int_mm.default(a, b)
+        for _ in range(3):             # B in place at its first use, then cached: each its own binding
+            assert torch.equal(runner(a, b), expected), name
+    assert runner.bound.direct >= len(cases)
+    assert len(runner.bound.entries) > len(cases) and None not in runner.bound.entries.values()

@@ -137,6 +137,31 @@ def _prequant_cases() -> list[dict]:
     return cases
 
 
+INT_MM_TYPES = {"a_ptr": "*i8", "b_ptr": "*i8", "b_colsum_ptr": "*i32", "c_ptr": "*i32", "M": "i32", "N": "i32",
+                "K": "i32", "LAYOUT_BLOCKS_N": "i32", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32",
+                "stride_bn": "i32", "stride_cm": "i32"}
+
+
+def _int_mm_cases() -> list[dict]:
+    """The aten::_int_mm kernel (backends/arm/int_mm_kernel.py): tl.dot, dot-free fp32, dot-free int32."""
+    cases = []
+    for (bm, bk, dot, fp32) in ((16, 32, True, False), (1, 32, False, True), (4, 32, False, True),
+                                (1, 32, False, False)):
+        for even in (False, True):
+            for unsigned, tiled, k_contiguous in ((False, True, False), (True, False, False), (True, False, True)):
+                types = {**INT_MM_TYPES, "a_ptr": "*u8" if unsigned else "*i8"}
+                consts = dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=bk, LAYOUT_K=32, LAYOUT_N=64, EVEN_M=even,
+                              EVEN_K=even, EVEN_N=even, A_UNSIGNED=unsigned, B_TILED=tiled,
+                              B_K_CONTIGUOUS=k_contiguous, USE_DOT=dot, GEMV_FP32=fp32)
+                b_form = "tiled" if tiled else "kmajor" if k_contiguous else "strided"
+                cases.append({"id": f"int_mm-{bm}x64x{bk}-{'dot' if dot else 'fp32' if fp32 else 'int32'}-"
+                                    f"{'even' if even else 'masked'}-{'u8' if unsigned else 'i8'}-{b_form}",
+                              "file": str(ROOT / "backends/arm/int_mm_kernel.py"), "kernel": "int_mm_kernel",
+                              "types": types, "consts": consts, "none": [] if unsigned else ["b_colsum_ptr"],
+                              "dot": dot})
+    return cases
+
+
 @pytest.fixture(scope="module")
 def triton_30(request, tmp_path_factory) -> Path:
     """A directory holding only PyPI's triton 3.0.0 (cached across runs)."""
@@ -153,7 +178,7 @@ def triton_30(request, tmp_path_factory) -> Path:
 
 
 def test_every_kernel_variant_lowers_under_triton_3_0(triton_30):
-    cases = _qlinear_cases() + _prequant_cases()
+    cases = _qlinear_cases() + _prequant_cases() + _int_mm_cases()
     env = {**os.environ, "PYTHONPATH": str(triton_30), "PYTHONNOUSERSITE": "1"}
     env.pop("TRITON_INTERPRET", None)
     payload = [{k: v for k, v in c.items() if k != "dot"} for c in cases]

@@ -2,7 +2,7 @@
 side in one run: the model's time per forward, and ``aten::_int_mm`` GOPS against
 PyTorch's own ``_int_mm`` at the shapes of the other benchmarks.
 
-    TRITON_CPU_BACKEND=1 python tools/bench_torchao.py [--threads 2] [--execution compiled]
+    TRITON_CPU_BACKEND=1 python tools/bench_torchao.py [--threads 2] [--execution compiled] [--device TABLE]
 
 Compiled execution needs Triton-CPU (docs/ARM.md); ``--execution interpreter`` runs
 anywhere but says nothing about speed. Each figure is the median of alternating
@@ -37,11 +37,11 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(samples)
 
 
-def side_by_side(fn, execution: str, rounds: int, alternations: int) -> tuple[float, float]:
+def side_by_side(fn, arm: dict, rounds: int, alternations: int) -> tuple[float, float]:
     ours, theirs = [], []
     for _ in range(alternations):
         theirs.append(timed(fn, rounds))
-        with registry.enabled(backend="arm", execution=execution):
+        with registry.enabled(**arm):
             ours.append(timed(fn, rounds))
     return statistics.median(theirs), statistics.median(ours)
 
@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--execution", default="compiled", choices=("compiled", "interpreter"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--alternations", type=int, default=3)
+    ap.add_argument("--device", help="the arm backend's packaged table (default: detected)")
     args = ap.parse_args()
+    arm = {"backend": "arm", "execution": args.execution, **({"device": args.device} if args.device else {})}
     torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -61,7 +63,7 @@ def main() -> None:
     import triton
 
     print(f"torch {torch.__version__}, torchao {torchao.__version__}, triton {triton.__version__}, "
-          f"threads {args.threads}, arm execution {args.execution}")
+          f"threads {args.threads}, arm execution {args.execution}, table {args.device or 'detected'}")
     print("\n_int_mm, int8 [M,K] x int8 [K,N] (transposed view of an [N,K] weight, as torchao passes it):")
     print(f"{'K x N':>11} {'M':>4} | {'pytorch ms':>10} {'GOPS':>7} | {'arm ms':>9} {'GOPS':>7} | arm/pytorch")
     gen = torch.Generator().manual_seed(0)
@@ -69,10 +71,9 @@ def main() -> None:
         w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
         for m in MS:
             a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
-            with registry.enabled(backend="arm", execution=args.execution):
+            with registry.enabled(**arm):
                 assert torch.equal(torch._int_mm(a, w.t()), torch.ops.aten._int_mm.default(a, w.t()))
-            theirs, ours = side_by_side(lambda: torch._int_mm(a, w.t()), args.execution, args.rounds,
-                                        args.alternations)
+            theirs, ours = side_by_side(lambda: torch._int_mm(a, w.t()), arm, args.rounds, args.alternations)
             ops = 2 * m * k * n
             print(f"{f'{k}x{n}':>11} {m:>4} | {theirs * 1e3:>10.3f} {ops / theirs / 1e9:>7.2f} | "
                   f"{ours * 1e3:>9.3f} {ops / ours / 1e9:>7.2f} | {theirs / ours:.3f}x", flush=True)
@@ -90,9 +91,9 @@ def main() -> None:
         x = torch.randn(m, hidden, generator=gen)
         with torch.no_grad():
             expected = qmodel(x)
-            with registry.enabled(backend="arm", execution=args.execution):
+            with registry.enabled(**arm):
                 assert torch.equal(qmodel(x), expected), "not bit-exact with PyTorch's own _int_mm"
-            theirs, ours = side_by_side(lambda: qmodel(x), args.execution, args.rounds, args.alternations)
+            theirs, ours = side_by_side(lambda: qmodel(x), arm, args.rounds, args.alternations)
         print(f"  M={m:>3}: pytorch {theirs * 1e3:8.2f} ms, arm {ours * 1e3:8.2f} ms per forward "
               f"(arm/pytorch speed {theirs / ours:.3f}x), outputs bit-exact", flush=True)
 

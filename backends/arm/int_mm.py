@@ -55,16 +55,19 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from opregistry.registry import CallCounter
 from opregistry.backends.common.interpreter import InterpretedKernel
+from opregistry.backends.common.launch import BoundLaunches, jit_function_class
 from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL, PytorchKernel
 from opregistry.backends.common.routing import Router
 from opregistry.backends.common.stub import StubKernel
 from opregistry.backends.common.weights import pad_vector, round_up
 
-from .config import INT_MM
-from .int_mm_kernel import int_mm_kernel, launch_int_mm
+from .config import EXACT_FP32_BLOCK_K, INT_MM
+from .int_mm_kernel import int_mm_kernel
 from .layout import tile_kn
 
 _SEEN_MAX = 16   # distinct views remembered per tensor before the first-use set is reset
+_RUNTIME_ARGS = 13   # int_mm_kernel's parameters before its constexprs
+assert not any(p.is_constexpr for p in int_mm_kernel.params[:_RUNTIME_ARGS]), int_mm_kernel.arg_names
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,9 @@ class IntMmRunner:
         self._tokens = WeakIdKeyDictionary()     # tensor -> _Views
         self._lock = threading.Lock()
         self.uncached = CallCounter()            # calls whose operand was read in place, not cached
+        # Compiled mode: launches repeated through Triton's launcher (common/launch.py), by
+        # everything Triton specializes on (no plan here: the second operand is often new).
+        self.bound = BoundLaunches(limit=256)
         self.dot_fallbacks: dict[str, str] = {}
 
     # -- dispatcher entry points ----------------------------------------
@@ -249,7 +255,7 @@ class IntMmRunner:
 
         def run(use_dot):
             launch_int_mm(kernel, a, operand, out, block_m=rule.block_m, block_n=rule.block_n,
-                          block_k=rule.block_k, use_dot=use_dot)
+                          block_k=rule.block_k, use_dot=use_dot, bound=self.bound)
 
         try:
             run(use_dot)
@@ -270,6 +276,40 @@ class IntMmRunner:
 
     def status(self) -> dict:
         return {"uncached_operands": self.uncached.value, "dot_fallbacks": dict(self.dot_fallbacks)}
+
+
+def launch_int_mm(kernel, a, b, out, *, block_m, block_n, block_k, use_dot, bound: BoundLaunches | None = None):
+    """Launch ``kernel`` (``int_mm_kernel`` compiled or interpreted) over ``out``.
+
+    ``a`` is ``[M, K]`` int8 or uint8 (any strides); ``b`` either a
+    :class:`PreparedOperand` (the cached tiled layout) or an
+    :class:`InPlaceOperand` (the operand read where it lies); either has
+    ``colsum`` exactly when ``a`` is uint8. ``out`` is ``[M, N]`` int32 with unit
+    column stride. A compiled kernel is launched through ``bound`` when given:
+    directly after the first launch with the same specialization.
+    """
+    m, k = a.shape
+    n = b.n
+    tiled = b.w_tiled is not None
+    src = b.w_tiled if tiled else b.tensor
+    stride_bk, stride_bn = (0, 0) if tiled else src.stride()
+    grid = (-(-m // block_m), -(-n // block_n))
+    args = (a, src, b.colsum, out, m, n, k, b.layout_blocks_n, a.stride(0), a.stride(1), stride_bk, stride_bn,
+            out.stride(0))
+    consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, LAYOUT_K=b.layout_k, LAYOUT_N=b.layout_n,
+                  EVEN_M=m % block_m == 0, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0,
+                  A_UNSIGNED=b.colsum is not None, B_TILED=tiled, B_K_CONTIGUOUS=not tiled and stride_bk == 1,
+                  USE_DOT=use_dot,
+                  GEMV_FP32=not use_dot and block_k <= EXACT_FP32_BLOCK_K)
+    if bound is not None and isinstance(kernel, jit_function_class()):
+        # Every value Triton specializes on is in the key (the ints whole, the pointers' alignment).
+        key = (block_m, block_n, block_k, use_dot, b.layout_k, b.layout_n, tiled, a.dtype, b.colsum is None,
+               *args[4:], a.data_ptr() & 15, src.data_ptr() & 15, out.data_ptr() & 15,
+               0 if b.colsum is None else b.colsum.data_ptr() & 15)
+        bound.run(key, ((kernel, grid, args, consts),))
+    else:
+        kernel[grid](*args, **consts)
+    return out
 
 
 # How PyTorch's messages name a dtype (its C++ type name).
