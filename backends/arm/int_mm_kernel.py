@@ -98,8 +98,8 @@ def int_mm_kernel(
                 elif EVEN_K and EVEN_N:
                     b_k = tl.load(b_ptr + (k0 + kk) * stride_bk + rn * stride_bn)
                 else:
-                    b_k = tl.load(b_ptr + (k0 + kk) * stride_bk + rn * stride_bn, mask=(rn < N) & (rn * 0 + k0 + kk < K),
-                                  other=0)
+                    b_k = tl.load(b_ptr + (k0 + kk) * stride_bk + rn * stride_bn,
+                                  mask=(rn < N) & (rn * 0 + k0 + kk < K), other=0)
                 part += a_k.to(tl.float32)[:, None] * b_k.to(tl.float32)[None, :]
             acc += part.to(tl.int32)
         else:
