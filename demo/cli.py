@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import sys
+import textwrap
 
 EXECUTIONS = ("auto", "compiled", "interpreter")
 DEFAULT_SHAPES = [(1024, 1024), (2048, 2048), (2048, 6144)]
@@ -54,7 +55,7 @@ def add_commands(subparsers) -> None:
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backends")
     s.add_argument("--device", help="the --backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
                                     "default: detected")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the model's weights and inputs (default 0)")
     s.add_argument("--quick", action="store_true", help="a tiny MLP model (seconds; for tests)")
     s.add_argument("--per-channel", action="store_true",
                    help="quantize weights per output channel (default: quantize_dynamic's per-tensor)")
@@ -67,12 +68,12 @@ def add_commands(subparsers) -> None:
                    help=f"activation rows (default: {' '.join(map(str, DEFAULT_MS))})")
     s.add_argument("--backend", help="only this backend (PyTorch's own kernel, row 'pytorch', always runs); "
                                      "an error if it cannot be timed here")
-    s.add_argument("--execution", choices=EXECUTIONS)
+    s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backends")
     s.add_argument("--device", help="the --backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
                                     "default: detected")
     s.add_argument("--include-interpreter", action="store_true",
                    help="also time backends through Triton's interpreter (validation only: very slow)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
     s.add_argument("--min-time", type=float, default=0.2, help="seconds to spend per measurement")
     s.add_argument("--rounds", type=_positive_int, default=1,
                    help="alternate the implementations this many times per shape and keep medians (ratios "
@@ -83,15 +84,16 @@ def add_commands(subparsers) -> None:
     s.add_argument("--threads", type=_positive_int,
                    help="torch.set_num_threads for the run (default: 1, so that timings on a shared or "
                         "loaded host measure the kernels, not thread scheduling)")
-    s.add_argument("--overhead-iters", type=_positive_int, default=2000)
+    s.add_argument("--overhead-iters", type=_positive_int, default=2000,
+                   help="calls per host-overhead measurement (default 2000)")
     s.add_argument("--no-overhead", action="store_true", help="skip the host-overhead and memory sections")
     s.add_argument("--fidelity", action="store_true",
                    help="accuracy instead of speed: relative error vs fp32 of PyTorch's op and of the default "
                         "per_row scheme on random and outlier-row inputs, and error vs float64 math on inputs "
                         "exactly on the int8 grid (first --shapes entry, M=64)")
     fmt = s.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true", help="every measurement as JSON on stdout (progress on stderr)")
+    fmt.add_argument("--csv", action="store_true", help="the throughput rows as CSV on stdout")
     s.add_argument("--plot", metavar="PNG", help="write GOPS vs M, one line per implementation "
                                                   "(needs matplotlib: pip install 'opregistry[plot]')")
     s.set_defaults(func=cmd_bench)
@@ -209,7 +211,7 @@ def _bench(args, w, shapes, shapes_given) -> int:
         writer = csv.DictWriter(sys.stdout, fieldnames=["k", "n", "m", "impl", "ms", "gops"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "ms": f"{row['ms']:.4f}", "gops": f"{row['gops']:.3f}"})
+            writer.writerow({**row, "ms": sig(row["ms"], 6), "gops": sig(row["gops"], 6)})
     else:
         _print_bench_table(rows, labels)
         if args.ratios:
@@ -220,6 +222,16 @@ def _bench(args, w, shapes, shapes_given) -> int:
         _plot(rows, labels, args.plot, env)
         print(f"plot written to {args.plot}", file=log)
     return 0
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits at any magnitude: 12345, 123, 1.23, 0.00123,
+    1.23e-07 (a fixed number of decimals prints 0.00 for an interpreter's GOPS)."""
+    if value == 0 or value != value or abs(value) == float("inf"):
+        return f"{value:g}"
+    if abs(value) >= 10 ** (digits - 1):
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
 
 
 def _print_bench_table(rows, labels) -> None:
@@ -233,7 +245,7 @@ def _print_bench_table(rows, labels) -> None:
         cells = []
         for lab in labels:
             r = by_key.get((k, n, m, lab))
-            cells.append(f"{r['ms']:>9.3f} ms {r['gops']:>7.2f}" if r else f"{'-':>22}")
+            cells.append(f"{sig(r['ms'], 4):>9} ms {sig(r['gops']):>9}" if r else f"{'-':>22}")
         print(f"{f'{k}x{n}':>11} {m:>5}" + "".join(f" | {c:>22}" for c in cells))
 
 
@@ -247,7 +259,7 @@ def _print_ratios(rows, labels) -> None:
     print("-" * len(head))
     for k, n, m in keys:
         base = by_key.get((k, n, m, "pytorch"))
-        cells = [f"{by_key[(k, n, m, lab)]['gops'] / base['gops']:>26.3f}" if base and (k, n, m, lab) in by_key
+        cells = [f"{sig(by_key[(k, n, m, lab)]['gops'] / base['gops']):>26}" if base and (k, n, m, lab) in by_key
                  else f"{'-':>26}" for lab in others]
         print(f"{f'{k}x{n}':>11} {m:>5}" + "".join(f" | {c}" for c in cells))
 
@@ -272,7 +284,7 @@ def _print_overhead(ov, mem, w) -> None:
         elif b["cache_bytes"] is None:
             print(f"    {b['impl']}: no weight cache reported")
         else:
-            print(f"    {b['impl']}: {w.fmt_bytes(b['cache_bytes'])}, {b['ratio']:.3f}x the int8 bytes")
+            print(f"    {b['impl']}: {w.fmt_bytes(b['cache_bytes'])}, {sig(b['ratio'])}x the int8 bytes")
 
 
 def _plot(rows, labels, path, env) -> None:
@@ -282,7 +294,9 @@ def _plot(rows, labels, path, env) -> None:
     import matplotlib.pyplot as plt
 
     shapes = sorted({(r["k"], r["n"]) for r in rows})
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    # Constrained layout keeps the title, labels and legend inside the canvas; the title wraps.
+    fig, axes = plt.subplots(1, len(shapes), figsize=(max(6.0, 4.5 * len(shapes)), 4.5), squeeze=False,
+                             layout="constrained")
     for ax, (k, n) in zip(axes[0], shapes):
         for lab in labels:
             pts = sorted((r["m"], r["gops"]) for r in rows if (r["k"], r["n"], r["impl"]) == (k, n, lab))
@@ -294,9 +308,9 @@ def _plot(rows, labels, path, env) -> None:
         ax.set_ylabel("GOPS")
         ax.set_title(f"K={k}, N={n}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"int8 dynamic linear, {env['machine']}, torch {env['torch']}, threads: {env['threads']}")
-    fig.tight_layout()
+        ax.legend(fontsize="small")
+    title = f"int8 dynamic linear, {env['machine']}, torch {env['torch']}, threads: {env['threads']}"
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 10)))   # ~10 characters per inch at 12 pt
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 

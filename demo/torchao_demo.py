@@ -8,10 +8,14 @@ torchao is an optional extra (``pip install 'opregistry[torchao]'``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import re
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -25,20 +29,63 @@ TORCHAO_INSTALL = ("--model torchao needs the optional extra 'torchao' (torchao 
                    "pip install 'opregistry[torchao]'")
 
 
-def _torchao():
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _log_records_of(*names: str):
+    """The records the loggers ``names`` (and their children) emit inside the block, instead of
+    printing them (torchao logs each extension it cannot load at import; torch logs a deprecation)."""
+    collect = _Collect()
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [collect], False
     try:
-        with warnings.catch_warnings():
+        yield collect.records
+    finally:
+        for lg, (handlers, propagate) in zip(loggers, saved):
+            lg.handlers, lg.propagate = handlers, propagate
+
+
+def missing_extensions(records: list[logging.LogRecord]) -> list[str]:
+    """The torchao extensions (``_C_mxfp8``, ...) whose "Failed to load <file>" an import logged."""
+    names = []
+    for record in records:
+        found = re.match(r"Failed to load (\S+?\.so)", record.getMessage())
+        if found:
+            names.append(Path(found.group(1)).name.split(".")[0])
+    return names
+
+
+def _torchao(out=None):
+    """torchao's quantize_ and int8 recipe, imported without its log lines; says once, in our
+    words, which of its optional compiled extensions are missing (the recipe needs none)."""
+    out = out or sys.stdout
+    try:
+        with warnings.catch_warnings(), _log_records_of("torchao", "torch") as records:
             warnings.simplefilter("ignore")        # torchao warns about its optional CUDA/C++ extensions
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as exc:
         raise DemoError(f"{TORCHAO_INSTALL} ({exc})") from None
+    missing = missing_extensions(records)
+    if missing:
+        print(f"note: torchao could not load its optional compiled extensions ({', '.join(missing)}: kernels "
+              "for other hardware or another torch build); the int8 recipe this demo runs does not use them",
+              file=out)
     return quantize_, Int8DynamicActivationInt8WeightConfig
 
 
 def run_torchao_demo(impls: list[Impl], seed: int = 0, quick: bool = False, dtype: torch.dtype = torch.float32,
                      out=None) -> dict:
     out = out or sys.stdout
-    quantize_, config = _torchao()
+    quantize_, config = _torchao(out)
     serving = {row["name"] for row in registry.backends() if INT_MM in row["ops"]}
     for impl in impls:
         if impl.backend is not None and impl.backend not in serving:

@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from opregistry import registry
-from opregistry.registry.errors import BackendUnavailable, RegistryError
+from opregistry.registry.cli import describe_calls
+from opregistry.registry.errors import BackendUnavailable, RegistryError, option, render
 
 LINEAR_DYNAMIC = "quantized::linear_dynamic"
 # torch 2.13 deprecates torch.ao.quantization and quantized tensor creation; the
@@ -45,8 +47,22 @@ def quiet_quantization():
         yield
 
 
+def use_a_usable_engine() -> None:
+    """Switch torch's quantized engine when the current one cannot pack weights here (torch >= 2.11 on aarch64
+    defaults to x86), saying so once."""
+    from opregistry.backends.common.engines import current_engine_advice, usable_engines
+
+    if current_engine_advice() is None or not usable_engines():
+        return
+    old, new = torch.backends.quantized.engine, usable_engines()[0]
+    torch.backends.quantized.engine = new
+    print(f"note: torch's quantized engine {old!r} cannot pack weights on this {platform.machine()} host; "
+          f"the demo uses {new!r} (in your code: torch.backends.quantized.engine = {new!r})")
+
+
 def quantize(model: nn.Module, per_channel: bool = False) -> nn.Module:
     """A dynamic-quantized (int8 weights) copy of ``model``'s ``nn.Linear`` layers."""
+    use_a_usable_engine()
     with quiet_quantization():
         import torch.ao.quantization as tq
 
@@ -65,34 +81,68 @@ def quantized_linears(model: nn.Module) -> list[nn.Module]:
 # ---------------------------------------------------------------------------
 
 class Progress:
+    """A progress line on ``stream`` (stderr): redrawn in place on a terminal; otherwise a line
+    at each quarter of the work (after the first 2 s). Either way a line at least every
+    ``HEARTBEAT_S`` seconds while the work runs, from a background thread, also while one
+    step takes long (a forward through Triton's interpreter can take a minute)."""
+
+    HEARTBEAT_S = 10.0
+
     def __init__(self, label: str, total: int, stream=None):
         self.label, self.total, self.done = label, max(total, 1), 0
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = self._last = time.perf_counter()
+        self.start = self._last = self._last_line = time.perf_counter()
         self._quarter = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"progress {label}", daemon=True)
+        self._beat.start()
 
     def step(self, n: int = 1) -> None:
-        self.done = min(self.done + n, self.total)
-        now = time.perf_counter()
-        sys.stdout.flush()   # keep stdout's report and stderr's progress in order
-        if self.tty and (now - self._last > 0.1 or self.done == self.total):
-            self._last = now
-            filled = int(20 * self.done / self.total)
-            self.stream.write(f"\r  {self.label} [{'#' * filled}{'.' * (20 - filled)}] "
-                              f"{self.done}/{self.total} {now - self.start:6.1f}s")
-            self.stream.flush()
-        elif (not self.tty and 4 * self.done // self.total > self._quarter and self.done < self.total
-              and now - self.start > 2.0):
-            self._quarter = 4 * self.done // self.total
-            self.stream.write(f"  {self.label}: {self.done}/{self.total} ({now - self.start:.1f}s)\n")
-            self.stream.flush()
+        with self._lock:
+            self.done = min(self.done + n, self.total)
+            now = time.perf_counter()
+            sys.stdout.flush()   # keep stdout's report and stderr's progress in order
+            if self.tty and (now - self._last > 0.1 or self.done == self.total):
+                self._last = now
+                self._draw(now)
+            elif not self.tty and self.done < self.total and now - self.start > 2.0 and (
+                    4 * self.done // self.total > self._quarter or now - self._last_line >= self.HEARTBEAT_S):
+                self._quarter = 4 * self.done // self.total
+                self._line(now)
+
+    def _draw(self, now: float) -> None:
+        filled = int(20 * self.done / self.total)
+        self.stream.write(f"\r  {self.label} [{'#' * filled}{'.' * (20 - filled)}] "
+                          f"{self.done}/{self.total} {now - self.start:6.1f}s")
+        self.stream.flush()
+        self._last_line = now
+
+    def _line(self, now: float, still: bool = False) -> None:
+        self.stream.write(f"  {self.label}: {self.done}/{self.total} ({now - self.start:.1f}s)"
+                          f"{', still running' if still else ''}\n")
+        self.stream.flush()
+        self._last_line = now
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(1.0, self.HEARTBEAT_S / 4)):
+            with self._lock:
+                now = time.perf_counter()
+                if now - self._last_line >= self.HEARTBEAT_S:
+                    sys.stdout.flush()
+                    if self.tty:
+                        self._draw(now)
+                    else:
+                        self._line(now, still=True)
 
     def close(self) -> None:
+        self._stop.set()
+        self._beat.join()
         sys.stdout.flush()
         if self.tty:
             self.stream.write("\n")
-        elif time.perf_counter() - self.start > 2.0:
+        elif time.perf_counter() - self.start > 2.0 or self._last_line > self.start:   # after any line: the end too
             self.stream.write(f"  {self.label}: {self.done}/{self.total} in {time.perf_counter() - self.start:.1f}s\n")
         self.stream.flush()
 
@@ -143,7 +193,7 @@ def select_impls(backend: str | None = None, execution: str | None = None,
     """PyTorch's own kernel plus each backend that can be enabled here (or just ``backend``).
 
     A backend that is unavailable with its default execution is tried with
-    ``execution='interpreter'`` (labelled as validation) when
+    ``execution="interpreter"`` (labelled as validation) when
     ``include_interpreter`` is set. One that cannot run at all is reported and
     skipped, or raises :class:`DemoError` with the reason when it is the
     ``backend`` asked for. ``device`` picks that backend's packaged table by name
@@ -151,8 +201,9 @@ def select_impls(backend: str | None = None, execution: str | None = None,
     """
     out = out or sys.stdout
     if device is not None and backend is None:
-        raise DemoError(f"device {device!r} names one backend's packaged table: give the backend too (--backend)")
-    rows = registry.backends()
+        raise DemoError(f"device {device!r} names one backend's packaged table: give the backend too "
+                        f"({option('backend')})")
+    rows = registry.default_registry().backends(interface="raw")    # reasons rendered where shown
     names = [r["name"] for r in rows]
     if backend is not None and backend not in names:
         raise DemoError(f"unknown backend {backend!r}; installed backends: {', '.join(names) or 'none'}")
@@ -175,7 +226,7 @@ def select_impls(backend: str | None = None, execution: str | None = None,
                 with registry.enabled(backend=name, **overrides):   # probe: the runtime can be built
                     pass
             except (BackendUnavailable, RegistryError) as exc:
-                errors.append(str(exc))
+                errors.append(exc.raw)
                 continue
             label = f"{name}[interpreter]" if overrides.get("execution") == "interpreter" else name
             note = "Triton interpreter: validation only, not speed" if label.endswith("[interpreter]") else ""
@@ -185,15 +236,17 @@ def select_impls(backend: str | None = None, execution: str | None = None,
             why = errors[-1] if errors else row["reason"]
             if backend is not None:
                 raise DemoError(f"backend {name!r} cannot run here: {why}")
-            print(f"  skipping backend {name!r}: {why}", file=out)
+            print(f"  skipping backend {name!r}: {render(why, 'cli')}", file=out)
     return impls[:1] + sorted(impls[1:], key=lambda i: i.is_interpreter)
 
 
 def backend_report(name: str) -> dict:
-    """Per-backend status to print after a run: dispatcher calls, routing, weight cache."""
+    """Per-backend status to print after a run: calls per op (with their split by path),
+    routing, weight cache."""
     st = registry.status()
-    calls = {op: info["calls"] for op, info in st["ops"].items() if info["backend"] == name}
-    return {"dispatcher_calls": calls, **st["backends"].get(name, {})}
+    calls = {op: {key: info[key] for key in ("calls", "calls_by_path", "pytorch_kernel_calls")}
+             for op, info in st["ops"].items() if info["backend"] == name}
+    return {"calls": calls, **st["backends"].get(name, {})}
 
 
 # ---------------------------------------------------------------------------
@@ -320,12 +373,9 @@ def _print_results(results: list[dict], int8_bytes: int, out, extra: tuple[str, 
         if not rep:
             continue
         print(f"\n{r['impl']}:", file=out)
-        calls = ", ".join(f"{op}={n}" for op, n in rep.get("dispatcher_calls", {}).items())
-        print(f"  calls through the dispatcher: {calls or 'none'}", file=out)
-        if rep.get("fast_path"):
-            fast = ", ".join(f"{op}={n}" for op, n in rep.get("fast_path_calls", {}).items())
-            print(f"  module fast path (nn.quantized.dynamic.Linear calls that skip the dispatcher): "
-                  f"{fast or 'on'}", file=out)
+        for op, info in rep.get("calls", {}).items():
+            if info["calls"]:
+                print(f"  {op}: {describe_calls(info)}", file=out)
         for op, rules in rep.get("routing", {}).items():
             used = {n: c for n, c in rules.items() if c}
             if used:
@@ -482,25 +532,27 @@ def run_bench(impls: list[Impl], shapes: list[tuple[int, int]], ms: list[int], s
     rows = []
     timed = [(impl.label, impl) for impl in impls] + ([(FP32_LABEL, None)] if fp32 else [])
     bar = Progress("bench", len(shapes) * len(ms) * len(timed) * rounds)
-    for k, n in shapes:
-        lin, qlin = make_qlinear(k, n, seed)
-        gen = torch.Generator().manual_seed(seed + 1)
-        xs = {m: torch.randn(m, k, generator=gen) for m in ms}
-        samples: dict[tuple[str, int], list[float]] = {}
-        for _ in range(rounds):
-            for label, impl in timed:
-                with (impl.active() if impl is not None else contextlib.nullcontext()), torch.no_grad():
-                    for m in ms:
-                        fn = ((lambda: qlin(xs[m])) if impl is not None
-                              else (lambda: torch.nn.functional.linear(xs[m], lin.weight, lin.bias)))
-                        samples.setdefault((label, m), []).append(time_call(fn, min_time))
-                        bar.step()
-        for label, _ in timed:
-            for m in ms:
-                sec = statistics.median(samples[(label, m)])
-                rows.append({"k": k, "n": n, "m": m, "impl": label, "ms": sec * 1e3,
-                             "gops": 2.0 * m * k * n / sec / 1e9})
-    bar.close()
+    try:
+        for k, n in shapes:
+            lin, qlin = make_qlinear(k, n, seed)
+            gen = torch.Generator().manual_seed(seed + 1)
+            xs = {m: torch.randn(m, k, generator=gen) for m in ms}
+            samples: dict[tuple[str, int], list[float]] = {}
+            for _ in range(rounds):
+                for label, impl in timed:
+                    with (impl.active() if impl is not None else contextlib.nullcontext()), torch.no_grad():
+                        for m in ms:
+                            fn = ((lambda: qlin(xs[m])) if impl is not None
+                                  else (lambda: torch.nn.functional.linear(xs[m], lin.weight, lin.bias)))
+                            samples.setdefault((label, m), []).append(time_call(fn, min_time))
+                            bar.step()
+            for label, _ in timed:
+                for m in ms:
+                    sec = statistics.median(samples[(label, m)])
+                    rows.append({"k": k, "n": n, "m": m, "impl": label, "ms": sec * 1e3,
+                                 "gops": 2.0 * m * k * n / sec / 1e9})
+    finally:
+        bar.close()
     return rows
 
 

@@ -18,7 +18,7 @@ from .config import Config, OpConfig
 from .routing import RoutingRule, check_routing, parse_routing
 from .schema import Section
 from .core import Registry, default_registry, reload_plugins
-from .errors import BackendUnavailable, ConfigError, PluginError, RegistryError, UnknownBackend
+from .errors import BackendUnavailable, ConfigError, PluginError, RegistryError, UnknownBackend, option
 from .hookspecs import hookimpl
 from .plugins import PluginWarning
 from .types import Availability, BackendInfo, CallCounter, OpKernel
@@ -32,7 +32,9 @@ def enable(backend: str | None = None, config: Any = None, **overrides) -> Confi
     :param config: a deployment YAML path or a dict, layered over the backend's
         packaged device config (default: ``$OPREGISTRY_CONFIG`` if set).
     :param overrides: top-level config keys (``execution="interpreter"``,
-        ``ops={...}``) applied over both.
+        ``ops={...}``) applied over both; a backend's op setting given here
+        (``activation_scale="pytorch"``, ``deterministic=True``) applies to every
+        op of the backend that has it, and ``ops`` entries still win.
     :return: the merged :class:`Config`.
     """
     return default_registry().enable(backend, config, **overrides)
@@ -62,7 +64,7 @@ __all__ = [
     "Availability", "BackendInfo", "BackendUnavailable", "CallCounter", "Config", "ConfigError", "OpConfig",
     "OpKernel", "PluginError", "PluginWarning", "Registry", "RegistryError", "RoutingRule", "Section",
     "backends", "check_routing", "parse_routing", "default_registry", "disable", "enable", "enabled", "hookimpl",
-    "reload_plugins", "status", "UnknownBackend",
+    "option", "reload_plugins", "status", "UnknownBackend",
 ]
 
 # Last step of the import: a torch.backends autoload that fired while this

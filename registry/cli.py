@@ -22,7 +22,7 @@ from opregistry.registry.errors import RegistryError
 # ---------------------------------------------------------------------------
 
 def cmd_list(args) -> int:
-    rows = registry.backends()
+    rows = registry.default_registry().backends(interface="cli")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -54,12 +54,21 @@ def cmd_status(args) -> int:
         return 0
     for op, info in st["ops"].items():
         print(f"{op}: {info['backend']} on {info['dispatch_key']} (execution {info['execution']}), "
-              f"{info['calls']} calls; configs: {' < '.join(info['config_files'])}")
+              f"{describe_calls(info)}; configs: {' < '.join(info['config_files'])}")
     for name, info in st["backends"].items():
         print(f"backend {name}:")
         for key, value in info.items():
             print(f"    {key}: {value}")
     return 0
+
+
+def describe_calls(info: dict) -> str:
+    """An op's ``calls`` from :func:`registry.status` with its split, in words."""
+    by_path = info.get("calls_by_path", {})
+    text = (f"{info['calls']} calls ({by_path.get('dispatcher', 0)} through the dispatcher, "
+            f"{by_path.get('fast_path', 0)} through the module fast path")
+    handed = info.get("pytorch_kernel_calls", 0)
+    return text + (f"; {handed} of them handed to PyTorch's own kernel by kernel: pytorch rules)" if handed else ")")
 
 
 def cmd_check_config(args) -> int:
@@ -100,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("status", help="which backend serves each op in this process")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output (registry.status() as JSON)")
     s.add_argument("--backend", help="enable this backend first (or the one --config names), then show the status")
-    s.add_argument("--execution", choices=("auto", "compiled", "interpreter"), help="with --backend")
+    s.add_argument("--execution", choices=("auto", "compiled", "interpreter"),
+                   help="with --backend: how its kernels run (default: the config's)")
     s.add_argument("--config", help="deployment config file, with --backend")
     s.set_defaults(func=cmd_status)
 
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RegistryError as exc:
-        print(f"opregistry {args.command}: error: {exc}", file=sys.stderr)
+        print(f"opregistry {args.command}: error: {exc.cli_message()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"opregistry {args.command}: interrupted", file=sys.stderr)

@@ -15,6 +15,13 @@ The registry's own schema is the top level (``backend``, ``device``,
 op's mapping belongs to the backend: the registry hands it over merged, with
 the file of every key, through the ``opregistry_op_config`` hook
 (:class:`~registry.schema.Section`), and stores what the backend returns.
+
+Any other top-level key is an op setting given once for every op
+(``activation_scale: pytorch``): :func:`spread_op_settings` writes it under
+each of the backend's ops, just below that layer's own ``ops.<op>`` values, so
+a per-op value in the same or a higher layer wins and a top-level value wins
+over lower layers. An op whose backend does not know the key ignores it; a key
+no op knows is an unknown key, reported with its top-level name and file.
 """
 
 from __future__ import annotations
@@ -123,8 +130,12 @@ def load_yaml(path: str | os.PathLike | Any) -> tuple[dict, str]:
 
 def check_layer(data: Mapping, source: str) -> None:
     """Structural check of one layer's core keys. Keys may be absent; an op's
-    keys other than ``enabled`` are the backend's, checked after merging."""
-    _check_mapping(data, source, "", _TOP_KEYS)
+    keys other than ``enabled``, and top-level op settings, are the backend's,
+    checked after merging."""
+    _check_mapping(data, source, "", None)
+    if "enabled" in data:
+        raise ConfigError(source, "enabled", "unknown key at the top level; 'enabled' is set per op "
+                                             "(ops.<op>.enabled)")
     for key, value in data.items():
         if key in ("backend", "device"):
             _expect_str(value, source, key, allow_none=(key == "device"))
@@ -146,14 +157,45 @@ def check_layer(data: Mapping, source: str) -> None:
 # Merging layers and building the typed config
 # ---------------------------------------------------------------------------
 
-def merge_layers(layers: list[tuple[Mapping, str]]) -> tuple[dict, dict[str, str]]:
-    """Merge ``(data, source)`` layers, lowest priority first; return the merged
-    mapping and the source of every key path."""
+def op_settings(data: Mapping) -> dict:
+    """The top-level keys of a layer that are not the registry's: op settings for every op."""
+    return {key: value for key, value in data.items() if key not in TOP_KEYS}
+
+
+def spread_op_settings(data: Mapping, ops: tuple[str, ...]) -> dict:
+    """``data``'s top-level op settings written under each op in ``ops`` (a layer
+    of its own, merged just below ``data``), or ``{}`` when it has none."""
+    wide = op_settings(data)
+    return {"ops": {op: copy.deepcopy(wide) for op in ops}} if wide else {}
+
+
+def merge_layers(layers: list[tuple[Mapping, str]], ops: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+    """Merge ``(data, source)`` layers, lowest priority first, each layer's
+    top-level op settings spread under ``ops`` just below it.
+
+    Return the merged mapping, the source of every key path, and the name under
+    which the user wrote each key path (``ops.<op>.padding`` set by a top-level
+    ``padding`` is named ``padding``; see :func:`display_path`)."""
     merged: dict = {}
     origins: dict[str, str] = {}
+    written_as: dict[str, str] = {}
     for data, source in layers:
-        _merge_into(merged, data, source, origins, "")
-    return merged, origins
+        spread = spread_op_settings(data, ops)
+        if spread:
+            _merge_into(merged, spread, source, origins, "", written_as, spread=True)
+        _merge_into(merged, data, source, origins, "", written_as)
+    return merged, origins, written_as
+
+
+def display_path(path: str, written_as: Mapping[str, str]) -> str:
+    """How the user wrote key path ``path``: the nearest recorded path at or above
+    it (list items ``[i]`` included) decides; unrecorded paths read as they are."""
+    probe = path
+    while probe:
+        if probe in written_as:
+            return written_as[probe] + path[len(probe):]
+        probe = probe[:probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
+    return path
 
 
 def build_config(merged: Mapping, origins: Mapping[str, str], sources: tuple[str, ...],
@@ -173,16 +215,21 @@ def build_config(merged: Mapping, origins: Mapping[str, str], sources: tuple[str
     )
 
 
-def _merge_into(dst: dict, src: Mapping, source: str, origins: dict, path: str) -> None:
+def _merge_into(dst: dict, src: Mapping, source: str, origins: dict, path: str, written_as: dict,
+                spread: bool = False) -> None:
     for key, value in src.items():
         kp = f"{path}.{key}" if path else str(key)
+        if not spread:
+            written_as[kp] = kp
+        elif kp.count(".") >= 2:                       # ops.<op>.<setting>...: written at the top level
+            written_as[kp] = kp.split(".", 2)[2]
         if isinstance(value, Mapping):
             # A fresh dict per path: YAML aliases (``*linear``) must not make two
             # ops share one mapping that a later layer would change for both.
             if not isinstance(dst.get(key), dict):
                 dst[key] = {}
                 origins[kp] = source
-            _merge_into(dst[key], value, source, origins, kp)
+            _merge_into(dst[key], value, source, origins, kp, written_as, spread)
         else:
             dst[key] = copy.deepcopy(value)
             origins[kp] = source
@@ -192,7 +239,7 @@ def _merge_into(dst: dict, src: Mapping, source: str, origins: dict, path: str) 
 # Small validators
 # ---------------------------------------------------------------------------
 
-_TOP_KEYS = ("backend", "device", "execution", "weight_cache", "ops")
+TOP_KEYS = ("backend", "device", "execution", "weight_cache", "ops")   # the registry's own
 
 
 def _check_mapping(value: Any, source: str, path: str, allowed: tuple[str, ...] | None) -> None:

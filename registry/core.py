@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import (DEPLOYMENT_ENV, OVERRIDES_SOURCE, Config, OpConfig, build_config, check_layer, load_yaml,
-                     merge_layers)
-from .schema import Section
-from .errors import BackendUnavailable, ConfigError, RegistryError, UnknownBackend
+from .config import (DEPLOYMENT_ENV, OVERRIDES_SOURCE, TOP_KEYS, Config, OpConfig, build_config, check_layer,
+                     display_path, load_yaml, merge_layers, op_settings)
+from .schema import Section, kind
+from .errors import BackendUnavailable, ConfigError, RegistryError, UnknownBackend, option, render
 from .plugins import Plugins, allow_list_from_env
 from .types import CallCounter, OpKernel
 
@@ -50,6 +50,7 @@ class _Installed:
     # (torch._C._SafeKernelFunction), kept when a backend replaces another;
     # None where torch.library.get_kernel is missing.
     original: Any = None
+    backend_counts: Any = None       # OpKernel.call_counts: calls the dispatcher does not see
 
 
 class Registry:
@@ -76,15 +77,17 @@ class Registry:
                 self._plugins = plugins
             return self._plugins
 
-    def backends(self) -> list[dict[str, Any]]:
-        """Every installed backend with availability, ops and origin."""
+    def backends(self, interface: str = "python") -> list[dict[str, Any]]:
+        """Every installed backend with availability, ops and origin. A reason
+        names settings as ``interface`` takes them (``"python"``, ``"cli"``, or
+        ``"raw"`` for text rendered later; :func:`registry.errors.render`)."""
         rows = []
         for name, lb in sorted(self.plugins.backends.items()):
             avail = self.plugins.availability(name)
             rows.append({
                 "name": name,
                 "available": avail.available,
-                "reason": avail.reason,
+                "reason": render(avail.reason, interface),
                 "ops": list(lb.info.ops),
                 "description": lb.info.description,
                 "plugin": lb.plugin_name,
@@ -98,13 +101,14 @@ class Registry:
     def build_config(self, backend: str | None = None, config: Any = None, **overrides) -> Config:
         """Layer packaged config < deployment file < keyword overrides and validate."""
         layers: list[tuple[Mapping, str]] = []
-        if config is None and os.environ.get(DEPLOYMENT_ENV):
+        from_env = config is None and bool(os.environ.get(DEPLOYMENT_ENV))
+        if from_env:
             config = os.environ[DEPLOYMENT_ENV]
         if isinstance(config, Mapping):
             check_layer(config, "<config dict>")
             layers.append((config, "<config dict>"))
         elif config is not None:
-            layers.append(load_yaml(config))
+            layers.append(_load_deployment(config, from_env))
         if overrides:
             check_layer(overrides, OVERRIDES_SOURCE)
             layers.append((overrides, OVERRIDES_SOURCE))
@@ -114,7 +118,7 @@ class Registry:
         if backend is None:
             if not named:
                 raise ConfigError(layers[0][1] if layers else OVERRIDES_SOURCE, "backend",
-                                  "no backend given: pass backend= or set 'backend' in the config file")
+                                  f"no backend given: pass {option('backend')} or set 'backend' in the config file")
             backend = named[-1][0]
         for name, src in named:
             if name != backend:
@@ -125,7 +129,7 @@ class Registry:
         except UnknownBackend as exc:
             if requested:
                 raise
-            raise ConfigError(named[-1][1], "backend", str(exc)) from None
+            raise ConfigError(named[-1][1], "backend", exc.raw) from None
 
         device, device_src = next(((d["device"], src) for d, src in reversed(layers) if d.get("device")),
                                   (None, None))
@@ -140,7 +144,7 @@ class Registry:
             layers.insert(0, (data, src))
         layers.insert(0, ({"backend": backend}, f"<{backend} defaults>"))
 
-        merged, origins = merge_layers(layers)
+        merged, origins, written_as = merge_layers(layers, owner.info.ops)
         sources = tuple(src for _, src in layers)
 
         def source_of(key: str) -> str:
@@ -154,16 +158,18 @@ class Registry:
             if op not in owner.info.ops:
                 raise ConfigError(source_of(f"ops.{op}"), f"ops.{op}",
                                   f"unknown op for backend {backend!r}; it provides: {', '.join(owner.info.ops)}")
-        ops = {op: self._op_config(backend, op, merged.get("ops", {}).get(op, {}), source_of)
-               for op in owner.info.ops}
+        sections = {op: Section({k: v for k, v in merged.get("ops", {}).get(op, {}).items() if k != "enabled"},
+                                f"ops.{op}", source_of, lambda path: display_path(path, written_as), op_level=True)
+                    for op in owner.info.ops}
+        ops = {op: self._op_config(backend, op, merged.get("ops", {}).get(op, {}).get("enabled", True), section)
+               for op, section in sections.items()}
+        _check_op_settings(backend, op_settings(merged), sections, source_of)
         cfg = build_config(merged, origins, sources, ops)
         self.plugins.call(backend, "opregistry_validate_config", config=cfg)
         return cfg
 
-    def _op_config(self, backend: str, op: str, data: dict, source_of) -> OpConfig:
+    def _op_config(self, backend: str, op: str, enabled: bool, section: Section) -> OpConfig:
         """``enabled`` is the registry's; the backend's hook reads the rest."""
-        section = Section({k: v for k, v in data.items() if k != "enabled"}, f"ops.{op}", source_of)
-        enabled = data.get("enabled", True)
         built = self.plugins.call(backend, "opregistry_op_config", op=op, settings=section)
         if built is None:
             section.check_keys((), owner=f"backend {backend!r} (it takes only 'enabled' for {op})")
@@ -231,7 +237,8 @@ class Registry:
     def _register(backend: str, op: str, kernel: OpKernel, cfg: Config, original=None) -> _Installed:
         ns, _, name = op.partition("::")
         lib = torch.library.Library(ns, "IMPL")
-        inst = _Installed(backend, op, kernel.dispatch_key, lib, cfg, original=original)
+        inst = _Installed(backend, op, kernel.dispatch_key, lib, cfg, original=original,
+                          backend_counts=kernel.call_counts)
         calls = inst.calls
 
         def counted(fn):
@@ -298,7 +305,7 @@ class Registry:
                     "dispatch_key": inst.dispatch_key,
                     "config_files": list(inst.config.sources),
                     "execution": inst.config.execution,
-                    "calls": inst.calls.value,
+                    **_call_counts(inst),
                 }
                 for op, inst in sorted(self._installed.items())
             }
@@ -315,6 +322,49 @@ class Registry:
 
     def installed_library_count(self) -> int:
         return len(self._installed)
+
+
+def _call_counts(inst: _Installed) -> dict[str, Any]:
+    """Every call the backend served: ``calls`` (the sum of ``calls_by_path``, the
+    dispatcher's and the module fast path's) and ``pytorch_kernel_calls`` (those of
+    them it handed to the kernel it replaces, PyTorch's own)."""
+    dispatcher = inst.calls.value
+    served: Mapping[str, int] = {}
+    if inst.backend_counts is not None:
+        try:
+            served = inst.backend_counts() or {}
+        except Exception:  # noqa: BLE001 - status must not raise; the dispatcher's count still holds
+            served = {}
+    fast = int(served.get("fast_path", 0))
+    return {"calls": dispatcher + fast, "calls_by_path": {"dispatcher": dispatcher, "fast_path": fast},
+            "pytorch_kernel_calls": int(served.get("original", 0))}
+
+
+def _load_deployment(config: Any, from_env: bool) -> tuple[dict, str]:
+    """The deployment layer named by ``config`` (a path), with errors that say what was given."""
+    empty = isinstance(config, str) and not config
+    if empty or not (isinstance(config, (str, os.PathLike)) or hasattr(config, "read_text")):
+        shown = kind(config)
+        given = ("an empty string" if empty else shown if shown == type(config).__name__
+                 else f"{type(config).__name__} {shown}")
+        raise ConfigError("config", "", f"expected the path of a YAML file (str or os.PathLike) or a mapping of "
+                                        f"config keys, got {given}")
+    try:
+        return load_yaml(config)
+    except ConfigError as exc:
+        if from_env and not exc.key:          # the file itself: say where its name came from
+            raise ConfigError(exc.source, "", f"{exc.detail} (named by ${DEPLOYMENT_ENV})") from None
+        raise
+
+
+def _check_op_settings(backend: str, given: Mapping, sections: Mapping[str, Section], source_of) -> None:
+    """Every top-level op setting must be known to at least one op of ``backend``."""
+    known = sorted({name for section in sections.values() for name in section.known})
+    for key in given:
+        if key not in known:
+            settings = (f"or an op setting of backend {backend!r}: {', '.join(known)}" if known
+                        else f"(backend {backend!r} takes no op settings)")
+            raise ConfigError(source_of(key), key, f"unknown key; expected one of: {', '.join(TOP_KEYS)}, {settings}")
 
 
 _default: Registry | None = None

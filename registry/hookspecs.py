@@ -38,7 +38,10 @@ def opregistry_backend_availability(backend):
     """Tell whether ``backend`` can run on this host with its default config.
 
     :return: a :class:`registry.Availability` (``available`` and, when not, a
-        ``reason`` a person can act on). Must be cheap and must not raise.
+        ``reason`` a person can act on). Must be cheap and must not raise. Name
+        a setting to change with :func:`registry.option` (``option("execution",
+        "interpreter")``), as in error messages: it then reads as the Python
+        keyword or the command-line option, wherever the reason is shown.
     """
 
 
@@ -59,12 +62,17 @@ def opregistry_op_config(backend, op, settings):
 
     The registry owns ``ops.<op>.enabled``; every other key of the op's merged
     mapping is the backend's. Called once per op the backend provides, whether
-    or not a layer mentions it.
+    or not a layer mentions it. The mapping also holds the op settings a layer
+    gave once at the top level for every op (``activation_scale: pytorch``),
+    below that layer's own ``ops.<op>`` values.
 
     :param settings: a :class:`registry.Section`: the merged mapping (without
         ``enabled``) with the file that set each key, and typed getters that
-        raise :class:`registry.ConfigError` naming file and key path. Call its
-        ``check_keys`` with every key you know.
+        raise :class:`registry.ConfigError` naming file and key path (a key set
+        at the top level by the name it was written under). Call its
+        ``check_keys`` with every key you know: a top-level setting that this
+        op does not know is skipped for it, and one that no op knows is an
+        unknown key.
     :return: an instance of a :class:`registry.OpConfig` subclass holding the
         backend's fields (``enabled`` is filled in by the registry). A plugin
         without this hook accepts no key but ``enabled``.

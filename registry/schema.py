@@ -25,42 +25,66 @@ def kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _as_written(path: str) -> str:
+    return path
+
+
 class Section:
     """A mapping from a merged config (e.g. ``ops.quantized::linear_dynamic``)
     with the source of each key. Getters check the type, apply the default when
     the key is absent and raise :class:`ConfigError` (file, key path) otherwise.
-    Call :meth:`check_keys` once with every key the schema knows."""
+    Call :meth:`check_keys` once with every key the schema knows.
 
-    def __init__(self, data: Mapping, path: str, source_of: Callable[[str], str]):
-        if not isinstance(data, Mapping):
-            raise ConfigError(source_of(path), path, f"expected a mapping, got {kind(data)}")
-        self.data = data
-        self.path = path
+    ``written_as`` maps a key path to the name the user wrote it under: an op's
+    key set by a top-level op setting (``padding: false`` for every op) is
+    reported as ``padding``, not ``ops.<op>.padding``. In an op's own mapping
+    (``op_level``) such keys are *inherited*: :meth:`check_keys` skips those it
+    does not know (another op of the backend may). It records what it knows in
+    :attr:`known`."""
+
+    def __init__(self, data: Mapping, path: str, source_of: Callable[[str], str],
+                 written_as: Callable[[str], str] = _as_written, op_level: bool = False):
+        self._written_as = written_as
+        self._op_level = op_level
         self._source_of = source_of
+        self.path = path
+        if not isinstance(data, Mapping):
+            raise ConfigError(self.source(), self.key(""), f"expected a mapping, got {kind(data)}")
+        self.data = data
+        self.known: tuple[str, ...] = ()
 
     # -- locating ----------------------------------------------------------
     def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+        """The key path of ``name`` (of this mapping when empty) as the user wrote it."""
+        full = f"{self.path}.{name}" if self.path and name else (name or self.path)
+        return self._written_as(full)
 
     def source(self, name: str = "") -> str:
-        return self._source_of(self.key(name) if name else self.path)
+        return self._source_of(self.key(name))
 
     def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.source(name), self.key(name) if name else self.path, message)
+        return ConfigError(self.source(name), self.key(name), message)
 
     def sub(self, name: str, value: Any = None) -> "Section":
         """The nested mapping at ``name`` (or ``value``, e.g. one item of a list)."""
-        return Section(self.data[name] if value is None else value, self.key(name), self._source_of)
+        path = f"{self.path}.{name}" if self.path else name
+        return Section(self.data[name] if value is None else value, path, self._source_of, self._written_as)
+
+    def inherited(self, name: str) -> bool:
+        """Whether ``name`` is an op's key written once for every op (a top-level op setting)."""
+        full = f"{self.path}.{name}" if self.path else name
+        return self._op_level and self._written_as(full) != full
 
     def __contains__(self, name: str) -> bool:
         return name in self.data
 
     # -- structure ---------------------------------------------------------
     def check_keys(self, allowed: tuple[str, ...] | list[str], owner: str = "") -> None:
+        self.known = tuple(allowed)
         for name in self.data:
             if not isinstance(name, str):
                 raise self.error("", f"keys must be strings, got {kind(name)}")
-            if name not in allowed:
+            if name not in allowed and not self.inherited(name):
                 who = f" for {owner}" if owner else ""
                 raise self.error(name, f"unknown key{who}; expected one of: {', '.join(allowed)}")
 

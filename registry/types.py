@@ -49,12 +49,21 @@ class OpKernel:
     and later): on an older torch, ``enable()`` raises
     :class:`registry.BackendUnavailable` naming the torch version, before
     changing anything.
+
+    ``call_counts``: set it when the backend serves calls of the op that the
+    dispatcher never sees, or hands calls to the original kernel. It returns
+    ``{"fast_path": n, "original": n}`` (either key may be absent):
+    ``fast_path`` the calls it served without the dispatcher (a module fast
+    path), ``original`` the calls, by either path, it handed to the kernel
+    received through ``receive_original``. :func:`registry.status` adds
+    ``fast_path`` to the dispatcher's count, which the registry keeps itself.
     """
 
     fn: Callable
     dispatch_key: str = "CPU"
     overloads: Mapping[str, Callable] = field(default_factory=dict, hash=False)
     receive_original: Callable[[Callable], None] | None = None
+    call_counts: Callable[[], Mapping[str, int]] | None = None
 
 
 class CallCounter:

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+import torch
 
 from opregistry import registry
 from opregistry.testing import engines
@@ -46,6 +47,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     global ARM_EXECUTION
     config.addinivalue_line("markers", "arm_tier: runs the ARM kernels in the tier's execution (--arm-execution)")
+    config.addinivalue_line("markers", "aarch64_lane: in the emulated aarch64 lane's subset (AARCH64_LANE)")
     chosen = config.getoption("--arm-execution")
     if chosen:
         ARM_EXECUTION = chosen
@@ -55,10 +57,18 @@ def pytest_configure(config):
     if ARM_EXECUTION == "compiled":
         # Read when Triton builds its default driver (the tier asks for the CPU one).
         os.environ.setdefault("TRITON_CPU_BACKEND", "1")
+    # Tests that pack through modules (set_weight_bias, quantize_dynamic) use torch's current engine. On aarch64
+    # it may be one that cannot pack here (torch >= 2.11: x86) or that rejects zero points (torch 2.10: onednn);
+    # run under this host's first engine that takes every weight the tests make. Tests of a given engine name it.
+    usable = engines(zero_point_nonzero=True)
+    if usable and torch.backends.quantized.engine not in usable:
+        torch.backends.quantized.engine = usable[0]
 
 
 def pytest_report_header(config):
-    return f"ARM tier: execution={ARM_EXECUTION}, per-test limit={_arm_timeout(config) or 'none'}"
+    return [f"ARM tier: execution={ARM_EXECUTION}, per-test limit={_arm_timeout(config) or 'none'}",
+            f"quantized engines usable here: {', '.join(engines())}; tests run under "
+            f"{torch.backends.quantized.engine}"]
 
 
 def _arm_timeout(config) -> float | None:
@@ -68,6 +78,51 @@ def _arm_timeout(config) -> float | None:
     if value is None:
         value = COMPILED_TIER_TIMEOUT_S if ARM_EXECUTION == "compiled" else None
     return value or None
+
+
+# -- The aarch64 lane's subset (tools/aarch64/lane.sh --subset, what CI runs emulated) -------------------
+# Emulated tests run 6-9x slower than native, so the lane runs a named subset: the registry, packaging, the
+# ARM backend in every activation scheme and every packaged table on small shapes, _int_mm, and PyTorch's
+# scheme against every engine of the host (qnnpack and onednn on aarch64). Entries are node-id prefixes.
+AARCH64_LANE = (
+    "test_engines.py::",
+    "test_config.py::",
+    "test_reference.py::",
+    "test_registry.py::test_enable_runs_the_override_and_disable_restores_native_bit_exact",
+    "test_registry.py::test_enable_twice_is_idempotent",
+    "test_registry.py::test_context_manager_restores_on_exception",
+    "test_registry.py::test_second_backend_replaces_first_cleanly",
+    "test_registry.py::test_backends_listing",
+    "test_registry.py::test_unknown_backend_lists_installed",
+    "test_registry.py::test_example_plugin_through_a_real_entry_point",
+    "test_registry.py::test_broken_plugin_is_isolated_and_strict_raises",
+    "test_packaging.py::test_runtime_requirements_accept_what_users_have",
+    "test_packaging.py::test_triton_is_never_a_runtime_requirement",
+    "test_packaging.py::test_the_only_import_name_is_opregistry",
+    "test_arm.py::test_every_routing_rule_of_every_packaged_config",
+    "test_arm.py::test_engines_and_schemes",
+    "test_arm.py::test_bias_and_relu",
+    "test_arm.py::test_per_tensor_activation_scale",
+    "test_arm.py::test_through_dispatcher_and_fast_path",
+    "test_arm.py::test_auto_selects_compiled_only_on_aarch64",
+    "test_arm.py::test_device_detection",
+    "test_int_mm.py::test_every_m_exact[1-generic]",
+    "test_int_mm.py::test_every_m_exact[3-generic]",
+    "test_int_mm.py::test_every_m_exact[65-generic]",
+    "test_int_mm.py::test_every_m_exact[2-cix-p1]",
+    "test_int_mm.py::test_every_m_exact[64-cix-p1]",
+    "test_int_mm.py::test_int32_wraps_like_pytorch",
+    "test_int_mm.py::test_rejects_what_pytorch_rejects",
+    "test_pytorch_scheme.py::test_dispatcher_matches_pytorchs_op_on_every_engine",
+    "test_pytorch_scheme.py::test_integer_grid_is_exact_through_the_dispatcher",
+    "test_pytorch_scheme.py::test_pytorch_scheme_through_the_dispatcher",
+    "test_pytorch_scheme.py::test_the_engine_that_packed_the_weight_decides",
+)
+
+
+def _in_aarch64_lane(item) -> bool:
+    nodeid = item.nodeid.rpartition("tests/")[2]
+    return nodeid.startswith(AARCH64_LANE)
 
 
 def _is_arm_tier(item) -> bool:
@@ -83,6 +138,8 @@ def pytest_collection_modifyitems(config, items):
         if not status.active:
             skip = pytest.mark.skip(reason=f"compiled ARM tier: {status.detail}")
     for item in items:
+        if _in_aarch64_lane(item):
+            item.add_marker(pytest.mark.aarch64_lane)
         if _is_arm_tier(item):
             item.add_marker(pytest.mark.arm_tier)
             if skip is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from conftest import ARM_EXECUTION
 from opregistry import testing
 from opregistry.backends.common import LINEAR_OPS, unpack_weight
-from opregistry.testing import (EPILOGUE_ABS, EPILOGUE_REL, contract_tolerance, make_qweight,  # noqa: F401
-                                mismatches, quantized_engine, reference)
+from opregistry.testing import (EPILOGUE_ABS, EPILOGUE_REL, contract_tolerance, default_engine,  # noqa: F401
+                                make_qweight, mismatches, quantized_engine, reference)
 from opregistry.testing import engines as engines_for  # noqa: F401
 
 # torch.quantize_per_* and friends warn (UserWarning) in 2.13; filter in tests only.

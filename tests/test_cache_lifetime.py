@@ -82,7 +82,8 @@ def test_module_fast_path_layers_never_stale(max_bytes, record_property):
                 assert runtime.cache.stats()["entries"] <= 1, runtime.cache.stats()
         routed = sum(runtime.status()["routing"][LINEAR_DYNAMIC].values()) - routed_before
         assert routed == CYCLES
-        assert reg.status()["ops"][LINEAR_DYNAMIC]["calls"] == 0, "the module path must bypass the dispatcher"
+        paths = reg.status()["ops"][LINEAR_DYNAMIC]["calls_by_path"]
+        assert paths == {"dispatcher": 0, "fast_path": CYCLES}, "the module path must bypass the dispatcher"
     finally:
         reg.disable()
     record_property("cycles", CYCLES)

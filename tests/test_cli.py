@@ -361,7 +361,7 @@ def test_subprocess_entry_point(tmp_path):
 
 def test_device_needs_a_backend(capsys, no_measuring):
     assert main(["bench", "--shapes", "8x8", "--m", "1", "--device", "x86-proxy"]) == 1
-    assert "give the backend too (--backend)" in capsys.readouterr().err
+    assert "give the backend too (--backend NAME)" in capsys.readouterr().err
 
 
 def test_bench_device_picks_the_backends_packaged_table(capsys):
@@ -389,3 +389,169 @@ def test_bench_unknown_device_names_the_tables(capsys, no_measuring):
                  "--include-interpreter", "--device", "nope"]) == 1
     err = capsys.readouterr().err
     assert "no packaged config for device 'nope'" in err and "x86-proxy" in err
+
+
+# -- messages in the interface's words ----------------------------------------------
+
+def _without_triton_cpu(monkeypatch):
+    from opregistry.backends.arm import device as arm_device
+    from opregistry.backends.arm import plugin as arm_plugin
+
+    absent = lambda: arm_device.TritonCpuStatus(False, False, "triton is not installed")  # noqa: E731
+    for module in (arm_device, arm_plugin):                   # as on a host without Triton-CPU
+        monkeypatch.setattr(module, "triton_cpu_status", absent)
+
+
+def test_an_error_names_the_fix_as_the_command_line_takes_it(capsys, monkeypatch):
+    _without_triton_cpu(monkeypatch)
+    assert main(["status", "--backend", "arm"]) == 1
+    err = capsys.readouterr().err
+    assert "--execution interpreter" in err and "execution=" not in err and "\ue000" not in err
+    with pytest.raises(BackendUnavailable) as info:             # the same error, from Python
+        registry.enable(backend="arm")
+    assert 'execution="interpreter"' in str(info.value) and "--execution" not in str(info.value)
+    assert main(["list"]) == 0                                   # an availability reason, on the command line
+    listed = capsys.readouterr().out
+    assert "--execution interpreter runs the kernels" in listed and "\ue000" not in listed
+    python_rows = {r["name"]: r for r in registry.backends()}
+    assert 'execution="interpreter" runs the kernels' in python_rows["arm"]["reason"]
+
+
+def test_a_config_without_backend_names_the_option(capsys, tmp_path):
+    path = tmp_path / "deploy.yaml"
+    path.write_text("execution: interpreter\n")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: backend: no backend given: pass --backend NAME" in err
+    with pytest.raises(registry.ConfigError, match='no backend given: pass backend="NAME"'):
+        registry.default_registry().build_config(None, str(path))
+
+
+def test_status_shows_the_calls_split_by_path(capsys):
+    assert main(["status", "--backend", "reference"]) == 0
+    out = capsys.readouterr().out
+    assert "quantized::linear_dynamic: reference on CPU" in out
+    assert "0 calls (0 through the dispatcher, 0 through the module fast path)" in out
+
+
+# -- numbers people read -------------------------------------------------------------
+
+@pytest.mark.parametrize("value, text", [
+    (123456.7, "123457"), (1234.5, "1234"), (123.4, "123"), (12.34, "12.3"), (1.234, "1.23"),
+    (0.001234, "0.00123"), (0.00001234, "1.23e-05"), (3.2e-9, "3.2e-09"), (0.0, "0"),
+])
+def test_significant_digits_at_any_magnitude(value, text):
+    from opregistry.demo.cli import sig
+
+    assert sig(value) == text
+
+
+def test_bench_table_and_ratios_show_an_interpreters_small_numbers(capsys):
+    """The interpreter's GOPS and its ratio to PyTorch are tiny; they print with their digits, not 0.00."""
+    argv = ["bench", "--shapes", "40x24", "--m", "3", "--min-time", "0", "--no-overhead", "--backend", "arm",
+            "--include-interpreter", "--ratios"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("40x24"))
+    arm_cell = row.split("|")[2]
+    gops = float(arm_cell.split("ms")[1])
+    assert gops > 0 and "0.00" != arm_cell.split("ms")[1].strip()
+    ratios = out.split("Ratios")[1].splitlines()
+    ratio = float(next(line for line in ratios if line.strip().startswith("40x24")).split("|")[1])
+    assert 0 < ratio < 1
+
+
+@pytest.mark.parametrize("shapes", [1, 3])
+def test_plot_title_and_labels_lie_inside_the_picture(tmp_path, monkeypatch, shapes):
+    """Every text of the figure (title, panel titles, axis labels, ticks, legend) is drawn inside the canvas."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from opregistry.demo import cli as demo_cli
+
+    figures = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (figures.append(fig), save(fig, *a, **kw))[1])
+    rows = [{"k": 64 * (s + 1), "n": 96, "m": m, "impl": impl, "gops": g * m, "ms": 1.0}
+            for s in range(shapes) for m in (1, 4, 16) for impl, g in (("pytorch", 1.0), ("arm[interpreter]", 1e-5))]
+    env = {"machine": "aarch64", "torch": "2.13.0+cpu.with.a.long.local.version.label", "threads": 16}
+    demo_cli._plot(rows, ["pytorch", "arm[interpreter]"], str(tmp_path / "p.png"), env)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures[0]
+    agg = FigureCanvasAgg(fig)                      # the figure was closed after saving: draw it again
+    agg.draw()
+    renderer = agg.get_renderer()
+    canvas = fig.bbox
+    assert "int8 dynamic linear" in fig.get_suptitle()
+    # what is drawn: the title, and each panel with its title, labels, tick labels and legend
+    drawn = {"title": fig._suptitle.get_window_extent(renderer)}
+    drawn.update({f"panel {ax.get_title()!r}": ax.get_tightbbox(renderer) for ax in fig.axes})
+    for what, box in drawn.items():
+        assert box.x0 >= canvas.x0 - 0.5 and box.x1 <= canvas.x1 + 0.5, f"{what} cut at the sides: {box}"
+        assert box.y0 >= canvas.y0 - 0.5 and box.y1 <= canvas.y1 + 0.5, f"{what} cut at the top/bottom: {box}"
+
+
+# -- long work says it is working --------------------------------------------------------
+
+def test_progress_prints_a_line_while_one_step_takes_long(monkeypatch):
+    """A single slow step (a forward through Triton's interpreter) still gets a line every HEARTBEAT_S."""
+    import io
+    import time as _time
+
+    monkeypatch.setattr(workloads.Progress, "HEARTBEAT_S", 0.4)
+    stream = io.StringIO()                        # not a terminal: whole lines
+    bar = workloads.Progress("arm[interpreter]", 5, stream=stream)
+    _time.sleep(1.5)                              # one step that takes long
+    bar.step()
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    still = [line for line in lines if line.endswith("still running")]
+    assert len(still) >= 2 and all(line.startswith("  arm[interpreter]: 0/5 (") for line in still)
+    assert lines[-1].startswith("  arm[interpreter]: 1/5 in ")
+    assert not bar._beat.is_alive()
+
+
+def test_torchao_import_noise_is_one_line_in_our_words(capsys):
+    """torchao logs each extension it cannot load; the demo says once which are missing."""
+    import logging
+
+    from opregistry.demo import torchao_demo
+
+    with torchao_demo._log_records_of("torchao", "torch") as records:
+        logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: "
+                                             "Could not load this library")
+        logging.getLogger("torch.utils._pytree").warning("<enum 'KernelPreference'> is an Enum subclass ...")
+    assert torchao_demo.missing_extensions(records) == ["_C_mxfp8"]
+    assert len(records) == 2
+    captured = capsys.readouterr()
+    assert "Failed to load" not in captured.err + captured.out and "Enum subclass" not in captured.err
+
+
+def test_torchao_demo_output_has_no_third_party_log_lines(tmp_path):
+    """In a fresh process (torchao imported for the first time): no raw log lines of torchao or torch."""
+    pytest.importorskip("torchao")
+    env = {**os.environ, "OPREGISTRY_PLUGINS": ""}
+    proc = subprocess.run([sys.executable, "-m", "opregistry.registry.cli", "demo", "--model", "torchao", "--quick",
+                           "--backend", "arm", "--execution", "interpreter"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "Failed to load" not in output and "register_constant" not in output
+    assert "bit-exact with PyTorch's own kernels" in output
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+
+    from opregistry.registry.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {action.dest: action.help for action in commands._choices_actions}
+    missing = [f"{name} (command)" for name in commands.choices if not listed.get(name)]
+    for name, sub in [("opregistry", parser), *commands.choices.items()]:
+        missing += [f"{name} {'/'.join(a.option_strings) or a.dest}" for a in sub._actions
+                    if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                    and (not a.help or a.help == argparse.SUPPRESS)]
+    assert not missing, missing

@@ -74,7 +74,7 @@ def test_threads_share_one_model(CALLS, record_property):
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
 
-        calls_before = {op: reg.status()["ops"][op]["calls"] for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
+        calls_before = {op: reg.status()["ops"][op]["calls_by_path"] for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
         t0 = time.perf_counter()
         threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
         for th in threads:
@@ -97,6 +97,8 @@ def test_threads_share_one_model(CALLS, record_property):
     per_path = {n: sum(1 for t in range(THREADS) for i in range(CALLS) if names[(t + i) % len(names)] == n)
                 for n in names}
     for op, name in ((LINEAR_DYNAMIC, "linear_dynamic"), (LINEAR_RELU_DYNAMIC, "linear_relu_dynamic")):
-        assert status["ops"][op]["calls"] - calls_before[op] == per_path[name]
+        assert status["ops"][op]["calls_by_path"]["dispatcher"] - calls_before[op]["dispatcher"] == per_path[name]
+    fast = status["ops"][LINEAR_DYNAMIC]["calls_by_path"]["fast_path"] - calls_before[LINEAR_DYNAMIC]["fast_path"]
+    assert fast == per_path["module"]
     routed = sum(status["backends"]["arm"]["routing"][LINEAR_DYNAMIC].values())
     assert routed == per_path["module"] + per_path["linear_dynamic"] + len(inputs) * 2

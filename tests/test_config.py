@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from opregistry import registry
@@ -191,3 +193,79 @@ def test_a_backend_without_a_schema_accepts_only_enabled(tmp_path):
     assert reg.build_config("tiny", ops={OP: {"enabled": False}}).op(OP).enabled is False
     with pytest.raises(registry.ConfigError, match=rf"ops.{OP}.padding: unknown key for backend 'tiny'"):
         reg.build_config("tiny", ops={OP: {"padding": True}})
+
+
+# -- op settings given once for every op ------------------------------------------------
+
+INT_MM = "aten::_int_mm"
+RELU = "quantized::linear_relu_dynamic"
+
+
+def test_a_top_level_op_setting_applies_to_every_op_that_has_it(reg):
+    cfg = reg.build_config("arm", device="generic", activation_scale="pytorch", padding=False)
+    assert cfg.op(OP).activation_scale == cfg.op(RELU).activation_scale == "pytorch"   # over the packaged per-op
+    assert cfg.op(OP).padding is cfg.op(RELU).padding is cfg.op(INT_MM).padding is False
+    assert not hasattr(cfg.op(INT_MM), "activation_scale")          # _int_mm has no activation scheme
+    assert cfg.source_of(f"ops.{OP}.activation_scale") == "<keyword overrides>"
+
+
+def test_per_op_settings_win_in_the_same_or_a_higher_layer(reg, tmp_path):
+    deploy = write(tmp_path, f"activation_scale: per_tensor\nops:\n  {RELU}: {{activation_scale: pytorch}}\n")
+    cfg = reg.build_config("arm", deploy, device="generic")
+    assert (cfg.op(OP).activation_scale, cfg.op(RELU).activation_scale) == ("per_tensor", "pytorch")
+    cfg = reg.build_config("arm", deploy, device="generic", ops={OP: {"activation_scale": "per_row"}})
+    assert (cfg.op(OP).activation_scale, cfg.op(RELU).activation_scale) == ("per_row", "pytorch")
+    cfg = reg.build_config("arm", deploy, device="generic", activation_scale="per_row")   # higher layer, top level
+    assert (cfg.op(OP).activation_scale, cfg.op(RELU).activation_scale) == ("per_row", "per_row")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("activation_scale: 42\n", "deploy.yaml: activation_scale: expected one of per_row, per_tensor, pytorch, got 42"),
+    ("padding: 'no'\n", "deploy.yaml: padding: expected a boolean, got 'no'"),
+    ("weight_layout: {block_k: 48}\n", "deploy.yaml: weight_layout.block_k: expected a power of two"),
+    ("weight_layout: {block_q: 8}\n", "deploy.yaml: weight_layout.block_q: unknown key; expected one of: block_k"),
+    ("fast_paht: true\n", "deploy.yaml: fast_paht: unknown key; expected one of: backend, device, execution, "
+                          "weight_cache, ops, or an op setting of backend 'arm': activation_scale, deterministic, "
+                          "fast_path, operand_cache, padding, routing, weight_layout"),
+    ("enabled: false\n", "deploy.yaml: enabled: unknown key at the top level; 'enabled' is set per op"),
+])
+def test_top_level_op_setting_errors_name_the_file_and_the_key_as_written(reg, tmp_path, text, message):
+    with pytest.raises(registry.ConfigError) as info:
+        reg.build_config("arm", write(tmp_path, text), device="generic")
+    assert message in str(info.value)
+
+
+def test_an_op_setting_of_another_backend_is_an_unknown_key(reg):
+    with pytest.raises(registry.ConfigError, match=r"<keyword overrides>: padding: unknown key; .* backend "
+                                                   r"'reference': activation_scale, deterministic$"):
+        reg.build_config("reference", padding=True)
+
+
+@pytest.mark.parametrize("config, given", [
+    (42, "int 42"), (3.5, "float 3.5"), (True, "bool True"), (b"deploy.yaml", "bytes"), (["a.yaml"], "list"),
+    ("", "an empty string"), (object(), "object"),
+])
+def test_a_config_of_the_wrong_type_is_a_config_error(reg, config, given):
+    with pytest.raises(registry.ConfigError, match=rf"^config: expected the path of a YAML file \(str or "
+                                                   rf"os.PathLike\) or a mapping of config keys, got {given}$"):
+        reg.build_config("reference", config)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00binary", "not UTF-8 text"), (b"42\n", "expected a mapping at the top level, got 42"),
+    (b"[1, 2]\n", "expected a mapping at the top level, got list"), (b"a: [\n", "invalid YAML"),
+])
+def test_any_file_that_is_not_a_config_is_a_config_error(reg, tmp_path, content, message):
+    path = tmp_path / "deploy.yaml"
+    path.write_bytes(content)
+    for config in (path, str(path)):
+        with pytest.raises(registry.ConfigError, match=re.escape(f"{path}: {message}")):
+            reg.build_config("reference", config)
+    with pytest.raises(registry.ConfigError, match=re.escape(f"{tmp_path}: cannot read file")):
+        reg.build_config("reference", tmp_path)                 # a directory
+
+
+def test_the_environment_variable_is_named_when_its_file_is_missing(reg, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPREGISTRY_CONFIG", str(tmp_path / "gone.yaml"))
+    with pytest.raises(registry.ConfigError, match=r"gone\.yaml: file not found \(named by \$OPREGISTRY_CONFIG\)"):
+        reg.build_config("reference")

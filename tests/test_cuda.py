@@ -20,10 +20,11 @@ from opregistry.registry.core import Registry
 from opregistry.registry.plugins import Plugins
 
 from opregistry.backends.cuda import kernels as K
-from opregistry.backends.cuda.config import CudaRule, validate_rule
+from opregistry.backends.cuda.config import ATOMIC_KERNELS, DETERMINISTIC_KERNEL, CudaRule, validate_rule
 from opregistry.backends.cuda.device import table_for
 from opregistry.backends.cuda.plugin import CudaPlugin
-from opregistry.backends.cuda.runtime import KERNELS, CudaRuntime, cuda_status, prepass_shape, split_k_for
+from opregistry.backends.cuda.runtime import (KERNELS, CudaRuntime, cuda_status, deterministic_rule, prepass_shape,
+                                              split_k_for)
 from opregistry.backends.common import unpack_weight
 from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.testing import check, contract_tolerance, make_packed
@@ -40,6 +41,7 @@ needs_gpu = pytest.mark.skipif(not CUDA_OK, reason=f"no CUDA device: {CUDA_DETAI
 
 # Older interpreters fail with numpy 2.x; the GPU tests cover the same cases natively there.
 INTERPRETER_OK, INTERPRETER_DETAIL = interpreter_status()
+INTERPRETER_DETAIL = registry.errors.render(INTERPRETER_DETAIL)      # a reason shown to a Python user
 needs_interpreter = pytest.mark.skipif(not INTERPRETER_OK, reason=INTERPRETER_DETAIL)
 
 # Per-element bound vs the float64 reference (opregistry.testing): the integer sum is
@@ -313,7 +315,7 @@ def _nvidia_compiler_available() -> bool:
 _DIVISIBLE = {"Kp", "stride_qm", "stride_wn", "K_PER_SPLIT", "stride_om", "stride_xm"}
 
 
-def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False):
+def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split=1, pdl=False, int_acc=False):
     """Compile the kernel a rule launches (and the prepass) for sm_90 with the installed Triton."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -339,8 +341,11 @@ def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split
     dot_types = dict(xq_ptr="*i8", xs_ptr="*fp32", rowsum_ptr="*i32", w_ptr="*i8", M="i32", N="i32", Kp="i32",
                      K_PER_SPLIT="i32", stride_qm="i32", stride_wn="i32", stride_om="i32", **vec)
     tiles = dict(BLOCK_M=rule.block_m, BLOCK_N=rule.block_n, BLOCK_K=rule.block_k)
+    if int_acc:
+        dot_types["out_ptr"] = "*i32"                  # the output's bytes, as the host passes them
     if rule.kernel == "dot_streamk":
-        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl), warps, stages)
+        return build(K.streamk_kernel, dot_types, dict(**tiles, **flags, **none, PDL=pdl, INT_ACC=int_acc),
+                     warps, stages)
     if rule.kernel == "dot_streamk_fused":
         types = dict(x_ptr="*fp32", absmax_ptr="*fp32", xq_ptr="*i8", xs_ptr="*fp32", part_ptr="*fp32",
                      psum_ptr="*i32", sync_ptr="*i64", w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32",
@@ -351,7 +356,7 @@ def compile_rule_sm90(rule: CudaRule, *, wzp=False, bias=True, relu=False, split
         consts = dict(**tiles, QBLOCK=2048, CHUNKS_P2=1, PER_ROW=True, absmax_ptr=None, stride_xk=1, **flags, **none)
         return build(K.streamk_fused_kernel, types, consts, warps, stages)
     if rule.kernel in ("dot", "dot_splitk"):
-        consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none, PDL=pdl)
+        consts = dict(**tiles, GROUP_M=8, SPLIT_K=split, RELU=relu, **flags, **none, PDL=pdl, INT_ACC=int_acc)
         return build(K.dot_kernel, dot_types, consts, warps, stages)
     none.pop("rowsum_ptr", None)
     types = dict(x_ptr="*fp32", absmax_ptr="*fp32", w_ptr="*i8", M="i32", N="i32", K="i32", Kp="i32",
@@ -665,3 +670,184 @@ def test_gpu_weight_cache_bounded_and_cleared(reg):
 
 def test_math_sanity():
     assert K.K_ALIGN % 256 == 0 and K.N_ALIGN % 16 == 0 and math.log2(K.K_ALIGN).is_integer()
+
+
+# ---------------------------------------------------------------------------
+# Deterministic mode: the config key `deterministic` and torch.use_deterministic_algorithms
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def torch_deterministic():
+    """Turns torch's switch on for the test (``warn_only`` as the test passes it) and restores it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+
+    def on(warn_only=False):
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+    yield on
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _same_bits(a, b) -> bool:
+    """Equal element for element, NaN where the other has NaN (``torch.equal`` says NaN != NaN)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_deterministic_forms_never_add_fp32_atomics():
+    """Each kernel's deterministic form is a kernel that sums every output element in one program,
+    or an atomic kernel that deterministic mode runs with int32 partials (INT_ACC)."""
+    assert set(DETERMINISTIC_KERNEL) == set(KERNELS)
+    for kernel, form in DETERMINISTIC_KERNEL.items():
+        rule = _r("r", kernel, 16, 32, 64)
+        assert deterministic_rule(rule).kernel == form
+        assert (deterministic_rule(rule) is rule) == (form == kernel)
+    assert DETERMINISTIC_KERNEL["dot_streamk_fused"] == "dot_streamk"   # its in-grid handoff has no INT_ACC form
+
+
+@needs_interpreter
+@pytest.mark.parametrize("rule", INTERP_RULES, ids=lambda r: r.name)
+@pytest.mark.parametrize("wkw", [{}, {"per_channel": True, "zero_point": True}], ids=["per_tensor_w", "zp"])
+def test_interpreted_deterministic_forms_equal_the_single_pass_kernel(interp_runtime, rule, wkw):
+    """In deterministic mode every kernel gives the bits of the single-pass `dot` kernel with the same
+    tiles (one program per output tile, K in order): the int32 partials of split-K / stream-K sum to
+    exactly the single pass's int32, and the epilogue is the same arithmetic. Without it, the fp32
+    partials of those kernels round differently (checked too, so the comparison can tell them apart)."""
+    wp = packed_weight(50, 129 * 4, seed=3, **wkw)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 129 * 4, generator=g) * 3
+    x[1, 1] = float("nan")
+    w = interp_runtime.weight(wp, x.device, LINEAR)
+    single = _r("single", "dot", rule.block_m if rule.kernel.startswith("dot") else 16, rule.block_n, 64)
+    for relu in (False, True):
+        expected = interp_runtime.linear(x, w, single, True, relu)
+        y = interp_runtime.linear(x, w, deterministic_rule(rule), True, relu, True)
+        assert _same_bits(y, expected), f"{rule.name} relu={relu}"
+        check_close(y, x, wp, f"{rule.name} deterministic relu={relu}", relu=relu)
+    if rule.kernel in ATOMIC_KERNELS:
+        assert not _same_bits(interp_runtime.linear(x, w, rule, True, False), interp_runtime.linear(x, w, single,
+                                                                                                   True, False))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("how", ["config_key", "op_key", "torch_switch"])
+def test_interpreted_deterministic_mode_routes_to_int32_partials(reg, torch_deterministic, how):
+    """The config key (top level or per op) and torch's switch both select the deterministic form:
+    the dispatcher and the module give the single-pass kernel's bits; without either, stream-K's."""
+    table = {"ops": {op: {"routing": [dict(name="all-streamk", kernel="dot_streamk", block_m=16, block_n=32,
+                                           block_k=64)]} for op in (LINEAR, LINEAR_RELU)}}
+    overrides = {"device": "default", "execution": "interpreter"}
+    if how == "config_key":
+        overrides["deterministic"] = True
+    elif how == "op_key":
+        for op in table["ops"].values():
+            op["deterministic"] = True
+    else:
+        torch_deterministic()
+    cfg = reg.enable("cuda", table, **overrides)
+    assert cfg.op(LINEAR).deterministic == (how != "torch_switch")
+    rt = reg.plugins.get("cuda").plugin.runtime
+    wp = packed_weight(40, 600, per_channel=True, zero_point=True, seed=2)
+    x = torch.randn(5, 600, generator=torch.Generator().manual_seed(9))
+    single = rt.linear(x, rt.weight(wp, x.device, LINEAR), _r("single", "dot", 16, 32, 64), True, False)
+    from torch.ao.nn.quantized.dynamic import Linear as DQLinear
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = DQLinear(600, 40, dtype=torch.qint8)
+    module._packed_params._packed_params = wp
+    ys = [torch.ops.quantized.linear_dynamic(x, wp, True) for _ in range(3)] + [module(x)]
+    assert all(_same_bits(y, single) for y in ys)
+    paths = reg.status()["ops"][LINEAR]["calls_by_path"]
+    assert paths == {"dispatcher": 3, "fast_path": 1}
+    expect = "always" if how != "torch_switch" else "under torch.use_deterministic_algorithms"
+    assert reg.status()["backends"]["cuda"]["deterministic"][LINEAR] == expect
+    if how == "torch_switch":
+        torch.use_deterministic_algorithms(False)
+        assert not _same_bits(torch.ops.quantized.linear_dynamic(x, wp, True), single)
+
+
+@needs_interpreter
+def test_a_kernel_without_deterministic_form_is_refused_by_name(reg, torch_deterministic, monkeypatch):
+    """Deterministic mode refuses a rule whose kernel has no deterministic form, naming the rule: at
+    enable() for the config key, at the call (PyTorch's RuntimeError, or its warning with warn_only)
+    for torch's switch."""
+    monkeypatch.delitem(DETERMINISTIC_KERNEL, "dot_streamk")
+    table = {"ops": {op: {"routing": [dict(name="sk", kernel="dot_streamk", block_m=16, block_n=32, block_k=64)]}
+                     for op in (LINEAR, LINEAR_RELU)}}
+    with pytest.raises(BackendUnavailable, match=r"routing rule 'sk' \(kernel 'dot_streamk'\).*does not have a "
+                                                 r"deterministic implementation, but deterministic: true was set"):
+        reg.enable("cuda", table, device="default", execution="interpreter", deterministic=True)
+    assert reg.installed_library_count() == 0
+    reg.enable("cuda", table, device="default", execution="interpreter")
+    wp = packed_weight(40, 64)
+    x = torch.randn(2, 64)
+    torch_deterministic()
+    with pytest.raises(RuntimeError, match=r"routing rule 'sk' .*does not have a deterministic implementation, "
+                                           r"but you set 'torch.use_deterministic_algorithms\(True\)'"):
+        torch.ops.quantized.linear_dynamic(x, wp)
+    torch_deterministic(warn_only=True)
+    with pytest.warns(UserWarning, match="routing rule 'sk'.*warn_only=True"):
+        y = torch.ops.quantized.linear_dynamic(x, wp)
+    check_close(y, x, wp, "warn_only runs the rule as it is")
+
+
+@needs_gpu
+@pytest.mark.parametrize("device", PACKAGED)
+@pytest.mark.parametrize("how", ["config_key", "torch_switch"])
+def test_gpu_every_packaged_rule_is_bitwise_reproducible(reg, torch_deterministic, device, how):
+    """Every rule of every packaged table, in deterministic mode: 100 calls through the dispatcher give
+    one result bit for bit, the module (fast path) gives the same, and it is within the bound."""
+    from torch.ao.nn.quantized.dynamic import Linear as DQLinear
+
+    cfg = reg.build_config("cuda", device=device)
+    op = cfg.op(LINEAR)
+    if how == "torch_switch":
+        torch_deterministic()
+    reg.enable("cuda", device=device, deterministic=how == "config_key")
+    groups = [(op.small_routing, (2048, 2048))] if op.small_routing else []
+    groups.append((op.routing, (4096, 4352) if op.small_routing else (2048, 2048)))   # 17 MiB: the main table
+    for rules, (k, n) in groups:
+        wp = packed_weight(n, k, per_channel=True, zero_point=True, seed=k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = DQLinear(k, n, dtype=torch.qint8)
+        module._packed_params._packed_params = wp
+        for rule in rules:
+            m = next(m for m in range(1, 5000) if next(r for r in rules if r.matches(m)) is rule)
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).cuda() * 2
+            with torch.no_grad():
+                ys = [torch.ops.quantized.linear_dynamic(x, wp) for _ in range(100)]
+                y_module = module(x)
+            differ = sum(not torch.equal(y, ys[0]) for y in ys[1:])
+            assert differ == 0, f"{device} {rule.name} ({rule.kernel}) M={m}: {differ}/99 calls differ"
+            assert torch.equal(y_module, ys[0]), f"{device} {rule.name} M={m}: module != dispatcher"
+            if m <= 64:
+                check_close(ys[0].cpu(), x.cpu(), wp, f"{device} {rule.name} M={m}")
+
+
+@pytest.mark.skipif(not _nvidia_compiler_available(), reason="Triton has no NVIDIA backend here")
+@pytest.mark.parametrize("device", PACKAGED)
+def test_packaged_deterministic_forms_compile_for_sm90(reg, device):
+    """Every packaged rule's deterministic form builds for sm_90: its partial sums are integer atomics
+    (no fp32 atomic add left), and the epilogue kernel that finishes them compiles."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    op = reg.build_config("cuda", device=device).op(LINEAR)
+    for rule in {deterministic_rule(r) for r in op.routing + op.small_routing}:
+        if rule.kernel not in ATOMIC_KERNELS:
+            continue
+        for wzp in (False, True):
+            atomics = {m.group(0) for m in re.finditer(r"\b(?:atom|red)\.global\.[\w.]+",
+                                                       compile_rule_sm90(rule, wzp=wzp, split=4, int_acc=True).asm["ptx"])}
+            # e.g. red.global.gpu.relaxed.add.u32 (Triton 3.9), never ...add.f32
+            assert atomics and all(re.search(r"\.add\.[us]32$", a) for a in atomics), (rule.name, atomics)
+    fn = K.int_epilogue_kernel
+    types = dict(acc_ptr="*i32", xs_ptr="*fp32", rowsum_ptr="*i32", w_scale_ptr="*fp32", w_zp_ptr="*i32",
+                 bias_ptr="*fp32", out_ptr="*fp32", M="i32", N="i32", stride_om="i32")
+    consts = dict(BLOCK_M=16, BLOCK_N=256, HAS_WZP=True, HAS_BIAS=True, RELU=True)
+    signature = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
+    ptx = triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": 4}).asm["ptx"]
+    assert "ld.global" in ptx and "st.global" in ptx and not re.search(r"\b(?:atom|red)\.global", ptx)

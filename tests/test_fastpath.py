@@ -63,9 +63,8 @@ def qmodel(relu=False) -> torch.nn.Module:
 
 def served(backend="arm"):
     """(dispatcher calls of linear_dynamic, module fast-path calls) so far."""
-    st = registry.status()
-    return (st["ops"].get(LINEAR_DYNAMIC, {}).get("calls", 0),
-            st["backends"].get(backend, {}).get("fast_path_calls", {}).get(LINEAR_DYNAMIC, 0))
+    paths = registry.status()["ops"].get(LINEAR_DYNAMIC, {}).get("calls_by_path", {})
+    return paths.get("dispatcher", 0), paths.get("fast_path", 0)
 
 
 # -- the class ------------------------------------------------------------------
@@ -273,7 +272,7 @@ def test_shapes_and_errors_through_the_fast_path():
         with pytest.raises(TypeError, match="expected a float32 activation"):
             m(torch.randn(2, 40, dtype=torch.float64))
         # every call above but M=0 (no kernel to route) and the two errors
-        assert registry.status()["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC] == 8
+        assert registry.status()["ops"][LINEAR_DYNAMIC]["calls_by_path"]["fast_path"] == 8
 
 
 def test_default_dtype_float64_still_gives_float32():

@@ -65,8 +65,8 @@ from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 from opregistry.registry import Registry
 
 from conftest import ARM_EXECUTION
-from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, engines_for,
-                                 launch_cost, make_packed, mismatches)
+from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, default_engine,
+                                 engines_for, launch_cost, make_packed, mismatches)
 
 pytestmark = [pytest.mark.filterwarnings(QUANT_CREATION_WARNING), pytest.mark.filterwarnings(OVERRIDE_WARNING)]
 
@@ -246,7 +246,7 @@ def test_fuzz_full_size_corners(device, padding):
     """Fixed full-size cases the cost cap keeps out of the random draw."""
     m, k, n = CORNERS[COMBOS.index((device, padding)) % len(CORNERS)]
     for i, (per_channel, relu) in enumerate(((True, False), (False, True))):
-        case = dict(m=m, k=k, n=n, per_channel=per_channel, zero_points=True, engine="x86", bias=True,
+        case = dict(m=m, k=k, n=n, per_channel=per_channel, zero_points=True, engine=default_engine(True), bias=True,
                     relu=relu, mode="per_row", kind="row_scaled", layout="strided", batch=0, seed=1234 + i)
         x, packed, w = build(case)
         runner = runtime(device, padding, "per_row").runners[LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC]

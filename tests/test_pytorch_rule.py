@@ -53,6 +53,29 @@ def test_linear_prefill_is_pytorchs_bit_exact(fresh_registry, op):
     assert fresh_registry.status()["backends"]["arm"]["weight_cache"]["entries"] == 1   # only the M=3 call
 
 
+def test_status_counts_every_call_the_backend_served(fresh_registry):
+    """``calls`` = dispatcher + module fast path; ``pytorch_kernel_calls`` = those of them, by either
+    path, that a kernel: pytorch rule handed to PyTorch's kernel; the per-rule routing counts agree."""
+    packed = make_packed(70, 45, per_channel=True)
+    with torch.no_grad():
+        module = DQLinear(45, 70, dtype=torch.qint8)
+    module._packed_params._packed_params = packed
+    fresh_registry.enable(ops=OPS, **ARM)
+    for m in (3, 8, 9):                                           # dispatcher: ours, PyTorch's, PyTorch's
+        torch.ops.quantized.linear_dynamic(torch.randn(m, 45), packed, True)
+    for m in (1, 2, 16, 16, 64):                                  # fast path: ours twice, PyTorch's three times
+        module(torch.randn(m, 45))
+    info = fresh_registry.status()["ops"][LINEAR_DYNAMIC]
+    assert info["calls_by_path"] == {"dispatcher": 3, "fast_path": 5}
+    assert info["calls"] == 8 and info["pytorch_kernel_calls"] == 5
+    assert routing_counts(fresh_registry, LINEAR_DYNAMIC) == {"ours": 3, "torch-prefill": 5}
+    a, b = torch.randint(-128, 128, (9, 45), dtype=torch.int8), torch.randint(-128, 128, (45, 7), dtype=torch.int8)
+    torch._int_mm(a, b), torch._int_mm(a[:2], b)
+    info = fresh_registry.status()["ops"][INT_MM]
+    assert (info["calls"], info["calls_by_path"], info["pytorch_kernel_calls"]) == (
+        2, {"dispatcher": 2, "fast_path": 0}, 1)
+
+
 @pytest.mark.parametrize("m", [8, 17, 64])
 def test_int_mm_prefill_is_pytorchs_bit_exact(fresh_registry, m):
     gen = torch.Generator().manual_seed(m)

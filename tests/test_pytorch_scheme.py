@@ -26,7 +26,8 @@ from opregistry.backends.common.pytorch_qparams import choose_qparams, reduce_ra
 from opregistry.backends.reference.ops import linear_dynamic as reference_linear
 
 from conftest import ARM_EXECUTION
-from opregistry.testing import engines, make_packed, quantized_engine, quiet_quantized_tensor_creation
+from opregistry.testing import (default_engine, engines, make_packed, quantized_engine,
+                                quiet_quantized_tensor_creation)
 
 PYTORCH_OPS = {op: {"activation_scale": "pytorch"} for op in (LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC)}
 
@@ -69,28 +70,30 @@ MATRIX = [  # (m, n, k, per_channel, zero_point, bias)
 ]
 
 
-@pytest.mark.parametrize("engine", ["x86", "fbgemm"])
+@pytest.mark.parametrize("engine", engines())
 @pytest.mark.parametrize("m, n, k, per_channel, zp, bias", MATRIX)
 def test_matches_pytorch_native_op_with_reduce_range(arm_pytorch, engine, m, n, k, per_channel, zp, bias):
+    zp = zp if engine in engines(zero_point_nonzero=True) else 0
     packed = make_packed(n, k, per_channel=per_channel, zero_points=bool(zp), bias=bias, engine=engine, seed=m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(k)) * 3 + 0.5
     with quantized_engine(engine):
         y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
         y_ref = reference_linear(x, packed, True, activation_scale="pytorch")
         y_arm = arm_pytorch.runners[LINEAR_DYNAMIC](x, packed, True)
-    bound = native_bound(x, packed, True, y_native)
+    bound = native_bound(x, packed, APPLIES[engine], y_native)
     for name, y in (("reference", y_ref), ("arm", y_arm)):
         ratio = ((y.double() - y_native.double()).abs() / bound).max().item()
         assert ratio <= 1.0, f"{name}: max error / bound = {ratio:.3g}"
 
 
 def test_relu_3d_and_padding_in_native_mode(arm_pytorch):
-    packed = make_packed(30, 50, per_channel=True, zero_points=True)
+    engine = default_engine(zero_points=True)
+    packed = make_packed(30, 50, per_channel=True, zero_points=True, engine=engine)
     x = torch.randn(2, 7, 50) + 1
-    with quantized_engine("x86"):
+    with quantized_engine(engine):
         y_native = torch.ops.quantized.linear_relu_dynamic(x, packed, True)
     y_arm = arm_pytorch.runners[LINEAR_RELU_DYNAMIC](x, packed, True)
-    bound = native_bound(x.reshape(-1, 50), packed, True, None).reshape(2, 7, 30)
+    bound = native_bound(x.reshape(-1, 50), packed, APPLIES[engine], None).reshape(2, 7, 30)
     assert ((y_arm.double() - y_native.double()).abs() <= bound).all()
 
 
@@ -101,7 +104,7 @@ def test_without_reduce_range_we_match_float64_asymmetric_math():
     g = torch.Generator().manual_seed(11)
     full_range = torch.randint(-128, 128, (70, 100), generator=g, dtype=torch.int8)
     qweight = torch._make_per_tensor_quantized_tensor(full_range, 0.01, 0)
-    with quantized_engine("x86"):
+    with quantized_engine(default_engine()):
         packed = torch.ops.quantized.linear_prepack(qweight, torch.randn(70, generator=g))
     x = torch.randn(16, 100, generator=g) * 3 + 0.5
     _, bias = packed.unpack()
@@ -124,13 +127,14 @@ def test_non_finite_input_gives_nan(arm_pytorch):
 
 
 def test_pytorch_scheme_through_the_dispatcher():
-    packed = make_packed(24, 40, engine="x86")
+    engine = default_engine()
+    packed = make_packed(24, 40, engine=engine)
     x = torch.randn(5, 40)
-    with quantized_engine("x86"):
+    with quantized_engine(engine):
         y_native = torch.ops.quantized.linear_dynamic(x, packed, True)
         with registry.enabled(backend="arm", execution=ARM_EXECUTION, ops=PYTORCH_OPS):
             y = torch.ops.quantized.linear_dynamic(x, packed, True)
-    assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, True, None)).all()
+    assert ((y.double() - y_native.double()).abs() <= native_bound(x, packed, APPLIES[engine], None)).all()
 
 
 def _grid_case(engine, m, k, n, per_channel, reduce_range, seed):
@@ -257,11 +261,10 @@ def test_module_fast_path_matches_pytorchs_module_on_every_engine(engine, reduce
             module.version = 4 if reduce_range else 3
             y_pytorch = module(x)
             with registry.enabled(backend="arm", execution=ARM_EXECUTION, ops=PYTORCH_OPS):
-                before = registry.status()["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC]
+                before = registry.status()["ops"][LINEAR_DYNAMIC]["calls_by_path"]["fast_path"]
                 ys = [module(x), module(x)]                  # first call prepares, second takes the direct route
                 st = registry.status()
-            assert st["backends"]["arm"]["fast_path_calls"][LINEAR_DYNAMIC] == before + 2
-            assert st["ops"][LINEAR_DYNAMIC]["calls"] == 0
+            assert st["ops"][LINEAR_DYNAMIC]["calls_by_path"] == {"dispatcher": 0, "fast_path": before + 2}
             assert torch.equal(ys[0], ys[1])
             _assert_like_pytorch(ys[0], y_pytorch, x, module._packed_params._packed_params, effective,
                                  f"fast path {label}")

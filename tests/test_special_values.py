@@ -30,8 +30,8 @@ from opregistry.backends.common import LINEAR_OPS, unpack_weight
 from opregistry.registry import Registry
 
 from conftest import ARM_EXECUTION
-from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, make_packed, mismatches,
-                                 quantized_engine, reference)
+from reliability_helpers import (OVERRIDE_WARNING, QUANT_CREATION_WARNING, arm_overrides, default_engine,
+                                 make_packed, mismatches, quantized_engine, reference)
 
 pytestmark = [pytest.mark.filterwarnings(QUANT_CREATION_WARNING), pytest.mark.filterwarnings(OVERRIDE_WARNING)]
 
@@ -162,7 +162,7 @@ K_LIMIT = INT32_MAX // (QMAX * CENTERED_MAX)             # 66311
 def _extreme_weight(k: int, sign: int):
     """[1, k] weight with |w - zp| = 255 everywhere (the largest possible)."""
     ints = torch.full((1, k), 127 if sign > 0 else -128, dtype=torch.int8)
-    with quantized_engine("x86"):
+    with quantized_engine(default_engine(zero_points=True)):
         qw = torch._make_per_tensor_quantized_tensor(ints, 1e-3, -128 if sign > 0 else 127)
         return torch.ops.quantized.linear_prepack(qw, torch.tensor([0.5]))
 

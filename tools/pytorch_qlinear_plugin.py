@@ -65,11 +65,9 @@ def pytest_runtest_logreport(report):
 def served() -> dict:
     """Calls served per op: through the dispatcher, and through the module fast path."""
     status = registry.status()
-    dispatcher = {op: status["ops"].get(op, {}).get("calls", 0) for op in OPS}
-    fast = {}
-    for backend in status["backends"].values():
-        for op, n in (backend.get("fast_path_calls") or {}).items():
-            fast[op] = fast.get(op, 0) + n
+    by_path = {op: status["ops"].get(op, {}).get("calls_by_path", {}) for op in OPS}
+    dispatcher = {op: paths.get("dispatcher", 0) for op, paths in by_path.items()}
+    fast = {op: paths["fast_path"] for op, paths in by_path.items() if paths.get("fast_path")}
     return {"dispatcher": dispatcher, "fast_path": fast, "routing": {
         name: b.get("routing") for name, b in status["backends"].items() if b.get("routing")}}
 

@@ -11,6 +11,12 @@ stores, and stack spills/reloads. The host's own assembly (what Triton-CPU
 emitted for this machine) is counted too (x86: ``vpdpbusd``, ``vpmaddwd``,
 ``vpmulld``).
 
+Natively targeted rows: each kernel is also lowered again from its ``ttcir`` as a
+Triton-CPU running on an aarch64 core would lower it (:mod:`.aarch64`: aarch64
+target passes, data layout and code generator, no AVX-512-sized vector-library
+calls) and counted the same way; that is the code tools/aarch64/aot.py runs
+under qemu.
+
 A kernel whose int8 ``tl.dot`` lowers to ``smmla``/``sdot`` shows them here; a
 change that silently loses them (a fork once regressed 21.6x that way) shows
 zero. IR that cannot be retargeted is reported with llc's own message (x86-only
@@ -123,7 +129,14 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
     os.environ["TRITON_CACHE_DIR"] = str(cache)
     import triton
 
+    from .aarch64 import CPU, FEATURES, Aarch64Lowering, LoweringUnavailable
+
+    try:
+        lowering, lowering_note = Aarch64Lowering(), None
+    except LoweringUnavailable as e:
+        lowering, lowering_note = None, str(e)
     report = {"triton": triton.__version__, "llc": llc, "target": f"{AARCH64_TRIPLE} {AARCH64_ATTRS}",
+              "native_target": f"{AARCH64_TRIPLE} {CPU} {FEATURES}", "native_unavailable": lowering_note,
               "shape": {"k": k, "n": n}, "variants": []}
     try:
         packed = make_packed(n, k, bias=True)
@@ -145,7 +158,7 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
                 entry["fallback"] = rt.dot_fallbacks.get(rule.name)
                 entry["warnings"] = [str(w.message) for w in caught if "validation proxy" not in str(w.message)]
                 new = sorted(set(cache.rglob("*.llir")) - before)
-                entry["kernels"] = [_audit_file(path, llc, llc_timeout) for path in new]
+                entry["kernels"] = [_audit_file(path, llc, llc_timeout, lowering) for path in new]
                 if not new:
                     entry["note"] = "no new kernel compiled (an earlier rule compiled the same variant)"
                 report["variants"].append(entry)
@@ -164,13 +177,19 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
     return report
 
 
-def _audit_file(path: Path, llc: str | None, llc_timeout: float = 600) -> dict:
+def _audit_file(path: Path, llc: str | None, llc_timeout: float = 600, lowering=None) -> dict:
     llir = path.read_text()
     item = {"name": path.stem, "llir_bytes": len(llir),
             "x86_intrinsics": sorted(set(re.findall(r"@llvm\.x86\.[a-z0-9_.]+", llir)))}
     host_asm = next((p for p in path.parent.iterdir() if p.suffix in (".asm", ".s") and p.stem == path.stem), None)
     if host_asm is not None:
         item["host"] = count(host_asm.read_text(errors="replace"), X86_COUNTS)
+    ttcir = path.with_suffix(".ttcir")
+    if lowering is not None and ttcir.exists():
+        try:
+            item["aarch64_native"] = count(lowering.lower(ttcir.read_text())[0], AARCH64_COUNTS)
+        except Exception as e:  # noqa: BLE001 - reported in the row, the audit goes on
+            item["aarch64_native_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if llc is None:
         item["aarch64_error"] = "no llc found (install LLVM: llc-19)"
         return item
@@ -190,6 +209,13 @@ def _line(entry: dict) -> str:
     if entry.get("fallback"):
         parts.append(f"[re-routed to gemv: {entry['fallback']}]")
     for kern in entry.get("kernels", ()):
+        native = kern.get("aarch64_native")
+        if native is not None:
+            parts.append(f"{kern['name']}: native aarch64 smmla {native['smmla']} sdot {native['sdot']} "
+                         f"mul {native['widening_mul']} fmul/fmla {native['fp_mul']} "
+                         f"spills {native['spills']}/{native['reloads']} insns {native['instructions']}")
+        elif kern.get("aarch64_native_error"):
+            parts.append(f"{kern['name']}: native aarch64 FAILED: {kern['aarch64_native_error']}")
         a = kern.get("aarch64")
         h = kern.get("host", {})
         host = (f" host: vpdpbusd {h.get('vpdpbusd', 0)} vpmaddwd {h.get('vpmaddwd', 0)} "

@@ -54,21 +54,23 @@ def add_commands(subparsers) -> None:
     s.add_argument("--config", help="deployment config file (as for registry.enable)")
     s.add_argument("--device", help="packaged table by name (generic, cix-p1, x86-proxy; default: detected)")
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override (default: the config's)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable report")
     s.set_defaults(func=cmd_warmup)
 
     s = subparsers.add_parser(
-        "asm", help="assembly audit: the arm kernels' LLVM IR retargeted to aarch64 (+sve2,+i8mm,+dotprod)",
+        "asm", help="assembly audit: the arm kernels lowered for aarch64 (natively, and the host's IR retargeted)",
         description="Compile every routing rule of the packaged arm tables with this Triton-CPU (a private "
-                    "cache), retarget each kernel's LLVM IR to aarch64 with llc, and count smmla/sdot, "
-                    "multiplies, vector loads/stores and spills (and the host's vpdpbusd/vpmaddwd/vpmulld).")
+                    "cache); lower each kernel again from its Triton-CPU IR for an aarch64 core (Cortex-A720: "
+                    "NEON, SVE2, dotprod, i8mm), retarget the host's LLVM IR to aarch64 with llc, and count "
+                    "smmla/sdot, multiplies, vector loads/stores and spills in both (and the host's "
+                    "vpdpbusd/vpmaddwd/vpmulld).")
     s.add_argument("--device", nargs="+", help="packaged tables to audit (default: all)")
     s.add_argument("--shape", type=_shape, default=(256, 256), metavar="KxN", help="weight shape (default 256x256)")
     s.add_argument("--llc", help="llc to use (default: llc-19 or llc on PATH)")
     s.add_argument("--llc-timeout", type=float, default=600, metavar="S",
                    help="seconds llc may take per kernel before it is reported as not audited (default 600)")
     s.add_argument("--keep", metavar="DIR", help="keep the compiled kernels' cache in DIR")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable report")
     s.set_defaults(func=cmd_asm)
 
 
@@ -83,6 +85,8 @@ def cmd_warmup(args) -> int:
             enable[key] = getattr(args, key)
     try:
         report = warmup(layers=layers, ms=args.m, max_m=args.max_m, **enable)
+    except RegistryError:
+        raise                 # printed in the command line's words by the core
     except ValueError as exc:
         raise RegistryError(str(exc)) from None
     if args.json:
@@ -102,6 +106,8 @@ def cmd_asm(args) -> int:
     try:
         report = audit(devices=args.device, k=k, n=n, llc=args.llc, keep_dir=args.keep,
                        out=None if args.json else sys.stdout, llc_timeout=args.llc_timeout)
+    except RegistryError:
+        raise
     except RuntimeError as exc:
         raise RegistryError(str(exc)) from None
     if args.json:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from opregistry.registry import OpConfig, Section, parse_routing
 from opregistry.registry.routing import RULE_KEYS
 
-from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activation_scale, read_tiles
+from opregistry.backends.common.opconfig import (TILE_KEYS, TiledRule, read_activation_scale, read_deterministic,
+                                                 read_tiles)
 from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL
 
 # `pytorch`: PyTorch's own kernel, captured when the op is enabled (no tiles; see
@@ -16,9 +17,10 @@ from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL
 # the linear ops only).
 PREQUANT_KERNELS = ("dot_prequant", "gemv_prequant")
 KERNELS = ("dot", "gemv", *PREQUANT_KERNELS, PYTORCH_KERNEL)
-OP_KEYS = ("padding", "activation_scale", "fast_path", "weight_layout", "routing")
+OP_KEYS = ("padding", "activation_scale", "fast_path", "deterministic", "weight_layout", "routing")
 INT_MM = "aten::_int_mm"
-INT_MM_KEYS = ("padding", "weight_layout", "operand_cache", "routing")   # int8 operands: no activation scheme
+# int8 operands: no activation scheme
+INT_MM_KEYS = ("padding", "weight_layout", "operand_cache", "deterministic", "routing")
 # gemv_prequant sums a K tile of int8 x int8 products in fp32: |x_q|, |w| <= 128, so the
 # sum stays within 2**24 (every integer exact) up to this block_k.
 EXACT_FP32_BLOCK_K = 1024
@@ -42,6 +44,9 @@ class ArmOpConfig(OpConfig):
     padding: bool = True            # allow rules with pad_m to pad M
     activation_scale: str = "per_row"
     fast_path: bool = True          # serve nn.quantized.dynamic.Linear without the dispatcher
+    # Every arm kernel is deterministic (each output element is summed by one program, in a fixed
+    # order; a kernel: pytorch rule calls PyTorch's deterministic CPU kernel): accepted, changes nothing.
+    deterministic: bool = False
     weight_layout: WeightLayout = WeightLayout()
     routing: tuple[ArmRule, ...] = ()
 
@@ -53,6 +58,7 @@ class ArmIntMmConfig(OpConfig):
     padding: bool = True
     weight_layout: WeightLayout = WeightLayout()
     operand_cache: bool = False     # cache the second operand in the tiled layout (else read it in place)
+    deterministic: bool = False     # as ArmOpConfig's: always deterministic (exact integer sums)
     routing: tuple[ArmRule, ...] = ()
 
 
@@ -93,11 +99,12 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
     if op == INT_MM:
         return ArmIntMmConfig(padding=settings.get_bool("padding", True), weight_layout=layout,
                               operand_cache=settings.get_bool("operand_cache", False),
-                              routing=parse_routing(settings, read_rule))
+                              deterministic=read_deterministic(settings), routing=parse_routing(settings, read_rule))
     return ArmOpConfig(
         padding=settings.get_bool("padding", True),
         activation_scale=read_activation_scale(settings),
         fast_path=settings.get_bool("fast_path", True),
+        deterministic=read_deterministic(settings),
         weight_layout=layout,
         routing=parse_routing(settings, read_rule),
     )

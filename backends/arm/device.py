@@ -7,6 +7,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from opregistry.registry.errors import option
+
 # MIDR "CPU part" values (Arm Ltd. implementer 0x41) of cores we know by name.
 CORE_NAMES = {
     0xD0C: "neoverse-n1", 0xD40: "neoverse-v1", 0xD49: "neoverse-n2", 0xD4F: "neoverse-v2",
@@ -140,14 +142,14 @@ def compiled_unavailable_reason(mode: str, status: TritonCpuStatus | None = None
     here, or ``None`` when it can. ``auto`` selects them only on aarch64."""
     status = status or triton_cpu_status()
     if not status.active:
-        return (f"arm backend: execution={mode!r} needs Triton-CPU, which is not usable here: {status.detail}. "
-                "Install Triton-CPU (built from source: see docs/ARM.md) and set TRITON_CPU_BACKEND=1, "
-                "or pass execution='interpreter' to run the same kernels through Triton's interpreter "
-                "(slow; for validation).")
+        return (f"arm backend: {option('execution', mode)} needs Triton-CPU, which is not usable here: "
+                f"{status.detail}. Install Triton-CPU (built from source: see docs/ARM.md) and set "
+                f"TRITON_CPU_BACKEND=1, or pass {option('execution', 'interpreter')} to run the same kernels "
+                "through Triton's interpreter (slow; for validation).")
     if mode == "auto" and not auto_selects_compiled(machine):
-        return (f"arm backend: execution='auto' selects compiled kernels only on aarch64; here "
-                f"{status.detail}, but {proxy_note(machine)}. Pass execution='compiled' to run them anyway "
-                "(with a warning), or execution='interpreter'.")
+        return (f"arm backend: {option('execution', 'auto')} selects compiled kernels only on aarch64; here "
+                f"{status.detail}, but {proxy_note(machine)}. Pass {option('execution', 'compiled')} to run them "
+                f"anyway (with a warning), or {option('execution', 'interpreter')}.")
     return None
 
 

@@ -274,6 +274,10 @@ class IntMmRunner:
             warnings.warn(f"arm backend: {INT_MM} routing rule {rule.name!r} now uses the gemv kernel; {reason}",
                           RuntimeWarning, stacklevel=2)
 
+    def pytorch_kernel_calls(self) -> int:
+        """Calls that ``kernel: pytorch`` rules handed to PyTorch's kernel."""
+        return sum(self.counts[name].value for name in self.pytorch.rules)
+
     def status(self) -> dict:
         return {"uncached_operands": self.uncached.value, "dot_fallbacks": dict(self.dot_fallbacks)}
 
@@ -318,8 +322,22 @@ _CPP_NAMES = {torch.int8: "signed char", torch.uint8: "unsigned char", torch.int
               torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16"}
 
 
+def _pytorch_takes_uint8_a() -> bool:
+    """Whether this torch's CPU ``_int_mm`` takes a uint8 first operand (2.13 does, 2.10 does not). Probed when
+    this module is imported, which is before the backend overrides ``_int_mm``."""
+    try:
+        torch._int_mm(torch.zeros(1, 8, dtype=torch.uint8), torch.zeros(8, 8, dtype=torch.int8))
+    except RuntimeError:
+        return False
+    return True
+
+
+A_DTYPES = (torch.int8, torch.uint8) if _pytorch_takes_uint8_a() else (torch.int8,)
+
+
 def _check(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> None:
-    """PyTorch's CPU checks, with its messages (torch 2.13 ``int_mm_out_cpu``)."""
+    """PyTorch's CPU checks, with its messages (``int_mm_out_cpu`` of torch 2.13; of 2.10 for the first
+    operand's dtype, where only int8 is taken)."""
     name = "int_mm_out_cpu"
 
     def dtype(t):
@@ -330,8 +348,9 @@ def _check(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> None:
         raise RuntimeError(f"{name}: Expected mat2 to be of dimension 2 but got {b.dim()}")
     if a.shape[1] != b.shape[0]:
         raise RuntimeError(f"{name}: self.size(1) needs to match mat2.size(0) but got {a.shape[1]} and {b.shape[0]}")
-    if a.dtype not in (torch.int8, torch.uint8):
-        raise RuntimeError(f"{name}: Expected self dtype to be int8 or uint8 but got {dtype(a)}")
+    if a.dtype not in A_DTYPES:
+        expected = "int8 or uint8" if len(A_DTYPES) == 2 else "of type int8"
+        raise RuntimeError(f"{name}: Expected self dtype to be {expected} but got {dtype(a)}")
     if b.dtype != torch.int8:
         raise RuntimeError(f"{name}: Expected mat2 dtype to be of type int8 but got {dtype(b)}")
     if out is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from opregistry.registry import Availability, BackendInfo, BackendUnavailable, hookimpl
+from opregistry.registry.errors import option
 
 from opregistry.backends.common import LINEAR_OPS
+from opregistry.backends.common.engines import warn_if_engine_cannot_pack
 from opregistry.backends.common.interpreter import interpreter_status
 from opregistry.backends.common.packaged import packaged_config, require_routing
 from opregistry.backends.common.packaged import packaged_devices as common_packaged_devices
@@ -38,7 +40,7 @@ class ArmPlugin(RuntimePlugin):
         if reason is None:
             return Availability(True)
         usable, detail = interpreter_status()
-        fallback = ("execution='interpreter' runs the kernels for validation only" if usable
+        fallback = (f"{option('execution', 'interpreter')} runs the kernels for validation only" if usable
                     else f"nor can it run interpreted: {detail}")
         if status.active:       # Triton-CPU here, but auto does not select it on this host
             return Availability(False, f"{reason.removeprefix('arm backend: ')} {fallback}")
@@ -64,6 +66,7 @@ class ArmPlugin(RuntimePlugin):
 
     def make_runtime(self, config):
         _check_execution(config.execution)
+        warn_if_engine_cannot_pack()
         from .runtime import ArmRuntime   # imports triton: only once it is known to be usable
 
         return ArmRuntime(config)

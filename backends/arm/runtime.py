@@ -110,6 +110,10 @@ class OpRunner:
     def routing_counts(self) -> dict[str, int]:
         return {name: c.value + self.fast_counts[name].value for name, c in self.counts.items()}
 
+    def pytorch_kernel_calls(self) -> int:
+        """Calls, by either path, that ``kernel: pytorch`` rules handed to PyTorch's kernel."""
+        return sum(self.counts[name].value + self.fast_counts[name].value for name in self.pytorch.rules)
+
     def run(self, x: torch.Tensor, w_prepack, owner=None, reduce_range: bool = False,
             fast: bool = False) -> torch.Tensor:
         """Any call: the dispatcher's, the module fast path's (``fast``, with the

@@ -21,6 +21,8 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
+from opregistry.registry.errors import option
+
 _MISSING = object()
 
 
@@ -42,17 +44,17 @@ def interpreter_status() -> tuple[bool, str]:
     try:
         found = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
-        return False, (f"execution='interpreter' needs triton >= {'.'.join(map(str, MIN_TRITON))} and none is "
-                       "installed: pip install 'opregistry[interpreter]' (on a CPU-only torch)")
+        return False, (f"{option('execution', 'interpreter')} needs triton >= {'.'.join(map(str, MIN_TRITON))} "
+                       "and none is installed: pip install 'opregistry[interpreter]' (on a CPU-only torch)")
     try:
         numbers = tuple(int(part) for part in found.split("+")[0].split(".")[:2])
     except ValueError:
         numbers = (0, 0)
     if numbers < MIN_TRITON:
-        return False, (f"execution='interpreter' needs triton >= {'.'.join(map(str, MIN_TRITON))}, found triton "
-                       f"{found} (a Triton-CPU build or an older PyPI release; {OLDER_INTERPRETERS}); use "
-                       "execution='compiled' with Triton-CPU, or run the interpreter in another environment: "
-                       "pip install 'opregistry[interpreter]'")
+        return False, (f"{option('execution', 'interpreter')} needs triton >= {'.'.join(map(str, MIN_TRITON))}, "
+                       f"found triton {found} (a Triton-CPU build or an older PyPI release; {OLDER_INTERPRETERS}); "
+                       f"use {option('execution', 'compiled')} with Triton-CPU, or run the interpreter in another "
+                       "environment: pip install 'opregistry[interpreter]'")
     try:
         from triton.runtime.interpreter import InterpretedFunction  # noqa: F401
     except Exception as exc:  # noqa: BLE001

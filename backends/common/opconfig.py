@@ -1,5 +1,5 @@
 """Op settings that more than one backend reads: the activation scheme, the
-module fast path switch, and routing rules with Triton tiles."""
+module fast path switch, deterministic mode, and routing rules with Triton tiles."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ def read_activation_scale(settings: Section, supported: tuple[str, ...] = ACTIVA
     """``activation_scale``: ``per_row`` (default), ``per_tensor`` or ``pytorch``
     (PyTorch's own activation scheme), restricted to what the backend supports."""
     return settings.get_choice("activation_scale", supported, "per_row", RENAMED_ACTIVATION_SCALES)
+
+
+def read_deterministic(settings: Section) -> bool:
+    """``deterministic``: bitwise identical results for identical inputs, call after call and
+    between the module fast path and the dispatcher (default ``false``; every backend is also
+    deterministic while ``torch.use_deterministic_algorithms(True)`` is in effect). A backend
+    whose kernels are all deterministic accepts it and changes nothing."""
+    return settings.get_bool("deterministic", False)
 
 
 @dataclass(frozen=True)

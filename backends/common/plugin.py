@@ -7,8 +7,10 @@ the kernels and calls ``opregistry_on_enable``, from which the new runtime
 serves. A subclass says how to build its runtime; the runtime offers
 ``config``, ``runners`` (op name -> runner with ``run``), ``dispatch_key``,
 ``device_type``, ``close()`` and ``status()``. The module fast path (when the
-config allows it) is registered here for the serving runtime and removed with it;
-``status`` reports how many calls it served (``fast_path_calls``).
+config allows it) is registered here for the serving runtime and removed with it.
+Each op's :class:`registry.OpKernel` reports the calls the dispatcher does not
+see (``call_counts``): the fast path's, and the calls a runner handed to
+PyTorch's kernel (a runner's ``pytorch_kernel_calls()``, where it has one).
 """
 
 from __future__ import annotations
@@ -40,8 +42,21 @@ class RuntimePlugin(ABC):
             self._pending = runtime
         # A runner may offer more overloads and ask for the kernel it replaces (OpKernel fields).
         return {op: OpKernel(runner, runtime.dispatch_key, overloads=getattr(runner, "overloads", {}),
-                             receive_original=getattr(runner, "receive_original", None))
+                             receive_original=getattr(runner, "receive_original", None),
+                             call_counts=self._call_counts(op, runner))
                 for op, runner in runtime.runners.items()}
+
+    def _call_counts(self, op: str, runner):
+        """``OpKernel.call_counts`` of ``op``: the module fast path's calls (linear_dynamic's
+        handler, while it serves) and the runner's calls handed to PyTorch's kernel."""
+        handed = getattr(runner, "pytorch_kernel_calls", None)
+
+        def counts() -> dict[str, int]:
+            fast = self._fast_path if op == LINEAR_DYNAMIC else None
+            return {"fast_path": fast.calls.value if fast is not None else 0,
+                    "original": handed() if handed is not None else 0}
+
+        return counts
 
     @hookimpl
     def opregistry_on_enable(self, backend, config):
@@ -71,11 +86,8 @@ class RuntimePlugin(ABC):
         with self._lock:
             if self.runtime is None:
                 return {}
-            fast = self._fast_path
-            # Calls the module fast path served (they bypass the dispatcher, so the
-            # registry's per-op ``calls`` does not see them; ``routing`` does).
-            return {**self.runtime.status(), "fast_path": fast is not None,
-                    "fast_path_calls": {LINEAR_DYNAMIC: fast.calls.value if fast is not None else 0}}
+            # The fast path's calls are in registry.status()'s per-op counts (OpKernel.call_counts).
+            return {**self.runtime.status(), "fast_path": self._fast_path is not None}
 
     @hookimpl
     def opregistry_stub_kernels(self, backend):

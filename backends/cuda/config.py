@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from opregistry.registry import ConfigError, OpConfig, Section, parse_routing
 from opregistry.registry.routing import RULE_KEYS
 
-from opregistry.backends.common.opconfig import TILE_KEYS, TiledRule, read_activation_scale, read_tiles
+from opregistry.backends.common.opconfig import (TILE_KEYS, TiledRule, read_activation_scale, read_deterministic,
+                                                 read_tiles)
 
 from .layout import K_ALIGN, N_ALIGN
 
@@ -16,7 +17,24 @@ from .layout import K_ALIGN, N_ALIGN
 DOT_KERNELS = ("dot", "dot_splitk", "dot_streamk", "dot_streamk_fused", "dot_fused")
 GEMV_KERNELS = ("gemv_fused",)
 KERNELS = DOT_KERNELS + GEMV_KERNELS
-OP_KEYS = ("activation_scale", "fast_path", "routing", "small_weights")
+OP_KEYS = ("activation_scale", "fast_path", "deterministic", "routing", "small_weights")
+
+# What each kernel runs in deterministic mode (config key ``deterministic``, or
+# torch.use_deterministic_algorithms(True)): the same kernel where it is already
+# bitwise reproducible (every output element summed by one program in a fixed
+# order); for the kernels that add fp32 partial sums with atomics (their order
+# varies, so do the last bits), the INT_ACC form: int32 partials, whose sum is
+# the same in any order, and one epilogue pass (docs/CUDA.md, "Determinism").
+# A kernel missing here has no deterministic form: deterministic mode refuses it.
+DETERMINISTIC_KERNEL = {
+    "dot": "dot",
+    "gemv_fused": "gemv_fused",
+    "dot_fused": "dot_fused",
+    "dot_splitk": "dot_splitk",                 # INT_ACC where it splits K
+    "dot_streamk": "dot_streamk",               # INT_ACC
+    "dot_streamk_fused": "dot_streamk",         # the two-launch stream-K, INT_ACC
+}
+ATOMIC_KERNELS = ("dot_splitk", "dot_streamk", "dot_streamk_fused")   # fp32 partials added with atomics
 SMALL_WEIGHT_KEYS = ("max_bytes", "routing")
 
 # GPU limits the config is checked against (conservative for sm_80/sm_90).
@@ -44,6 +62,7 @@ class CudaOpConfig(OpConfig):
 
     activation_scale: str = "per_row"
     fast_path: bool = True
+    deterministic: bool = False     # bitwise reproducible kernels only (also under torch's switch)
     routing: tuple[CudaRule, ...] = ()
     small_max_bytes: int = 0
     small_routing: tuple[CudaRule, ...] = ()
@@ -72,6 +91,7 @@ def read_op_config(settings: Section) -> CudaOpConfig:
     return CudaOpConfig(
         activation_scale=read_activation_scale(settings, ("per_row", "per_tensor")),
         fast_path=settings.get_bool("fast_path", True),
+        deterministic=read_deterministic(settings),
         routing=parse_routing(settings, read_rule),
         small_max_bytes=small_max_bytes,
         small_routing=small_routing,

@@ -36,6 +36,10 @@ Kernels, one purpose each:
   launch per call, no prepass).
 * :func:`fused_dot_kernel`: one launch, tensor cores: quantization inside the
   GEMM (each N tile quantizes its rows again), for small layers at small M.
+* :func:`int_epilogue_kernel`: the epilogue of the deterministic split-K and
+  stream-K variants (``INT_ACC``): those add their raw int32 partial sums with
+  atomics into the output's bytes (integer addition: the same sum in any
+  order), and this kernel turns each sum into the fp32 result in place.
 
 ``PDL`` (sm_90): the prepass lets the GEMM after it launch early
 (``gdc_launch_dependents``) and the GEMM waits for its results (``gdc_wait``)
@@ -192,8 +196,11 @@ def dot_kernel(
     M, N, Kp, K_PER_SPLIT, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, INT_ACC: tl.constexpr = False,
 ):
+    """``INT_ACC`` (with ``SPLIT_K > 1``): add the raw int32 partial sums into ``out_ptr``
+    (the output's bytes as int32, zeroed by the prepass) for :func:`int_epilogue_kernel`:
+    bitwise reproducible, where fp32 partials added with atomics are not."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if PDL:
@@ -223,22 +230,25 @@ def dot_kernel(
         b = tl.load(b_ptrs + k0)
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)   # out_dtype must match acc (Triton 3.6 asserts)
 
-    xs = tl.load(xs_ptr + rm_safe)
-    if HAS_WZP:
-        rowsum = tl.load(rowsum_ptr + rm_safe)
-    else:
-        rowsum = xs                                    # unused
-    y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, pid_k == 0, HAS_WZP, HAS_BIAS)
     out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
     mask = m_ok[:, None] & (rn < N)[None, :]
-    if SPLIT_K == 1:
-        if RELU:
-            y = tl.maximum(y, 0.0)
-        y = tl.where((xs == xs)[:, None], y, float("nan"))
-        tl.store(out, y, mask=mask)
+    if INT_ACC:
+        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
     else:
-        # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
-        tl.atomic_add(out, y, mask=mask, sem="relaxed")
+        xs = tl.load(xs_ptr + rm_safe)
+        if HAS_WZP:
+            rowsum = tl.load(rowsum_ptr + rm_safe)
+        else:
+            rowsum = xs                                    # unused
+        y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, pid_k == 0, HAS_WZP, HAS_BIAS)
+        if SPLIT_K == 1:
+            if RELU:
+                y = tl.maximum(y, 0.0)
+            y = tl.where((xs == xs)[:, None], y, float("nan"))
+            tl.store(out, y, mask=mask)
+        else:
+            # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
+            tl.atomic_add(out, y, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -246,7 +256,7 @@ def streamk_kernel(
     xq_ptr, xs_ptr, rowsum_ptr, w_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr,
     M, N, Kp, stride_qm, stride_wn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False,
+    HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr = False, INT_ACC: tl.constexpr = False,
 ):
     """Decode GEMM (small M): the (tile, K block) iteration space is cut into equal
     contiguous ranges, one per program (a grid of exactly the resident programs), so
@@ -256,7 +266,9 @@ def streamk_kernel(
     fp32 partial into ``out`` (zeroed by the prepass) with atomics; the partial that
     holds K block 0 carries the zero-point correction and the bias. ``PDL``: launched
     as a programmatic dependent of the prepass, it waits here for the prepass's
-    results (the launch and the programs' start overlap the prepass)."""
+    results (the launch and the programs' start overlap the prepass). ``INT_ACC``: the
+    raw int32 partials are added instead (``out_ptr`` is the output's bytes as int32),
+    for :func:`int_epilogue_kernel`: the same bits on every call."""
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     k_blocks = Kp // BLOCK_K
@@ -282,17 +294,49 @@ def streamk_kernel(
         b = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + (kb * BLOCK_K + rk)[None, :])
         acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
         if (kb == k_blocks - 1) | (u == u1 - 1):        # the tile's last unit in this range: flush
-            xs = tl.load(xs_ptr + rm_safe)
-            if HAS_WZP:
-                rowsum = tl.load(rowsum_ptr + rm_safe)
-            else:
-                rowsum = xs                              # unused
-            first = (t != t0) | (first_kb == 0)
-            y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, first, HAS_WZP, HAS_BIAS)
             out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
-            # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
-            tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+            if INT_ACC:
+                tl.atomic_add(out, acc, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
+            else:
+                xs = tl.load(xs_ptr + rm_safe)
+                if HAS_WZP:
+                    rowsum = tl.load(rowsum_ptr + rm_safe)
+                else:
+                    rowsum = xs                              # unused
+                first = (t != t0) | (first_kb == 0)
+                y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, first, HAS_WZP, HAS_BIAS)
+                # NaN rows: xs is NaN, so every partial is NaN and so is the sum.
+                tl.atomic_add(out, y, mask=(rm < M)[:, None] & (rn < N)[None, :], sem="relaxed")
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+
+
+@triton.jit
+def int_epilogue_kernel(
+    acc_ptr, xs_ptr, rowsum_ptr, w_scale_ptr, w_zp_ptr, bias_ptr, out_ptr, M, N, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WZP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    """Grid ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))``, ``BLOCK_N`` dividing ``N_ALIGN``: the
+    whole-K int32 sums at ``acc_ptr`` (the output's bytes, added up by an ``INT_ACC`` GEMM)
+    become the fp32 result at ``out_ptr`` (the same bytes; each element is read before it
+    is written, by the same thread): zero-point correction, scales, bias, ReLU, NaN rows,
+    the arithmetic of the single-pass kernels' epilogue."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)     # < Np: vectors padded to N_ALIGN
+    rm_safe = rm % M
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    offs = rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0)
+    xs = tl.load(xs_ptr + rm_safe)
+    if HAS_WZP:
+        rowsum = tl.load(rowsum_ptr + rm_safe)
+    else:
+        rowsum = xs                                    # unused
+    y = _epilogue(acc, xs, rowsum, rn, w_scale_ptr, w_zp_ptr, bias_ptr, True, HAS_WZP, HAS_BIAS)
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    y = tl.where((xs == xs)[:, None], y, float("nan"))
+    tl.store(out_ptr + offs, y, mask=mask)
 
 
 @triton.jit

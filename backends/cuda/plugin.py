@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from opregistry.registry import Availability, BackendInfo, BackendUnavailable, hookimpl
+from opregistry.registry.errors import option
 
 from opregistry.backends.common import LINEAR_OPS
 from opregistry.backends.common.interpreter import interpreter_status
@@ -35,7 +36,7 @@ class CudaPlugin(RuntimePlugin):
         ok, detail = cuda_status()
         if ok:
             return Availability(True)
-        return Availability(False, f"{detail}; execution='interpreter' runs the kernels on CPU tensors "
+        return Availability(False, f"{detail}; {option('execution', 'interpreter')} runs the kernels on CPU tensors "
                                    "for validation only")
 
     @hookimpl
@@ -59,9 +60,10 @@ class CudaPlugin(RuntimePlugin):
             ok, detail = cuda_status()
             if not ok:
                 raise BackendUnavailable(
-                    f"cuda backend: execution={config.execution!r} needs a CUDA device: {detail}. "
-                    "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "
-                    "to run the same kernels through Triton's interpreter on CPU tensors (slow; for validation).")
+                    f"cuda backend: {option('execution', config.execution)} needs a CUDA device: {detail}. "
+                    "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass "
+                    f"{option('execution', 'interpreter')} to run the same kernels through Triton's interpreter "
+                    "on CPU tensors (slow; for validation).")
         from .runtime import CudaRuntime   # imports triton: only once it is known to be usable
 
         return CudaRuntime(config)

@@ -22,13 +22,16 @@ both in one cooperative launch (docs/CUDA.md, "Design").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 from opregistry.registry import BackendUnavailable, CallCounter, Config
+from opregistry.registry.errors import option
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC, check_activation, unpack_weight
 from opregistry.backends.common.interpreter import InterpretedKernel
 from opregistry.backends.common.launch import bind
@@ -37,7 +40,7 @@ from opregistry.backends.common.stub import StubKernel
 from opregistry.backends.common.weights import WeightCache
 
 from . import kernels as K
-from .config import KERNELS  # noqa: F401 - re-exported for tools and tests
+from .config import DETERMINISTIC_KERNEL, KERNELS  # noqa: F401 - KERNELS re-exported
 from .device import cuda_status
 from .weights import CudaWeight, prepare_cuda_weight
 
@@ -66,6 +69,8 @@ GROUP_M = 8
 DEFAULT_NUM_WARPS = 4
 DEFAULT_NUM_STAGES = 3
 PLAN_MEMO_MAX = 256         # launch plans kept per weight (one per M, rule and activation layout)
+EPILOGUE_BLOCK_M = 16       # int_epilogue_kernel tiles: at most this many rows ...
+EPILOGUE_ELEMENTS = 4096    # ... and elements per program (32 per thread at 4 warps)
 
 
 def current_stream(index: int) -> int:
@@ -114,6 +119,7 @@ class Kernels:
     gemv: object
     fused_dot: object
     streamk_fused: object
+    epilogue: object
 
 
 class OpRunner:
@@ -131,6 +137,15 @@ class OpRunner:
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}
         for rule in cfg.small_routing:
             self.counts.setdefault(rule.name, CallCounter())
+        # Deterministic mode (config key, or torch.use_deterministic_algorithms(True) at call
+        # time): what each rule runs as, worked out once; None where the kernel has no
+        # deterministic form (then deterministic mode refuses the rule).
+        self.deterministic = cfg.deterministic
+        self.det_rules = {id(rule): deterministic_rule(rule) for rule in cfg.routing + cfg.small_routing}
+        if self.deterministic:
+            for rule in cfg.routing + cfg.small_routing:
+                if self.det_rules[id(rule)] is None:
+                    raise BackendUnavailable(no_deterministic_form(op, rule, "deterministic: true was set"))
 
     def __call__(self, x: torch.Tensor, w_prepack, reduce_range: bool = False) -> torch.Tensor:
         """The dispatcher entry point (``reduce_range`` is ignored: int32 accumulation)."""
@@ -156,8 +171,41 @@ class OpRunner:
             return x.new_empty((*x.shape[:-1], w.n))
         rule = self.rule_for(m, w)
         self.counts[rule.name].increment()
-        out = rt.linear(x2d, w, rule, self.per_row, self.relu)
+        deterministic = self.deterministic or _deterministic_algorithms()
+        if deterministic:
+            rule = self.det_rules[id(rule)] or _refuse(self.op, rule)
+        out = rt.linear(x2d, w, rule, self.per_row, self.relu, deterministic)
         return out if two_d else out.view(*x.shape[:-1], w.n)
+
+
+_deterministic_algorithms = torch.are_deterministic_algorithms_enabled
+
+
+def deterministic_rule(rule):
+    """The rule as deterministic mode runs it (the same object where the kernel is
+    reproducible as it is), or ``None`` where its kernel has no deterministic form."""
+    kernel = DETERMINISTIC_KERNEL.get(rule.kernel)
+    if kernel is None:
+        return None
+    return rule if kernel == rule.kernel else dataclasses.replace(rule, kernel=kernel)
+
+
+def no_deterministic_form(op: str, rule, why: str) -> str:
+    """PyTorch's words for an operation without a deterministic implementation, naming the rule."""
+    return (f"{op}: routing rule {rule.name!r} (kernel {rule.kernel!r}) of the cuda backend does not have a "
+            f"deterministic implementation, but {why}. Route those M to a kernel that has one "
+            f"({', '.join(sorted(DETERMINISTIC_KERNEL))}; docs/CUDA.md, \"Determinism\")")
+
+
+def _refuse(op: str, rule):
+    """As PyTorch does for its own such operations: an error, or a warning under ``warn_only=True``
+    (then the rule runs as it is)."""
+    why = "you set 'torch.use_deterministic_algorithms(True)'"
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(no_deterministic_form(op, rule, why + " with warn_only=True"), UserWarning, stacklevel=3)
+        return rule
+    raise RuntimeError(no_deterministic_form(op, rule, why) + ". You can turn off determinism just for this "
+                       "operation, or use the 'warn_only=True' option")
 
 
 @dataclass(frozen=True)
@@ -193,10 +241,14 @@ class Plan:
     """How one (weight, rule, M, activation layout, mode) call runs, worked out once:
     grids, constexprs, the workspace layout (``Xq``, scales, row sums in one
     allocation) and, in compiled mode, the bound kernels. A call then costs two
-    allocations (output, workspace) and one or two direct launches."""
+    allocations (output, workspace) and one to three direct launches.
+
+    ``deterministic``: a GEMM that adds partial sums with atomics adds them as
+    int32 (``INT_ACC``: exact, so the same bits in any order) and a third launch,
+    :func:`~.kernels.int_epilogue_kernel`, makes the fp32 output of them."""
 
     def __init__(self, rt: "CudaRuntime", w: CudaWeight, rule, m: int, per_row: bool, relu: bool,
-                 stride_xm: int, stride_xk: int, device: torch.device):
+                 stride_xm: int, stride_xk: int, device: torch.device, deterministic: bool = False):
         kern = rt.kernels
         self.stub = rt._stubbed
         self.rule = rule
@@ -207,6 +259,7 @@ class Plan:
         self.w = w
         self.sxm, self.sxk = stride_xm, stride_xk
         self.relu_after = False
+        self.int_acc = False
         self.ptrs = None
         self.launches: list[_Launch] = []
         warps = rule.num_warps or DEFAULT_NUM_WARPS
@@ -244,7 +297,7 @@ class Plan:
                                 num_warps=warps, num_stages=stages))
             self.split = 0
             zero_out = True
-            self.relu_after = relu
+            self.int_acc = deterministic
         else:
             tiles = triton_cdiv(m, bm) * triton_cdiv(w.n, bn)
             k_blocks = w.kp // bk
@@ -258,7 +311,11 @@ class Plan:
                            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, SPLIT_K=split,
                                 HAS_WZP=has_wzp, HAS_BIAS=has_bias, RELU=relu, num_warps=warps, num_stages=stages))
             zero_out = split > 1
-            self.relu_after = relu and split > 1
+            self.int_acc = deterministic and split > 1
+        if self.int_acc:
+            gemm.kwargs["INT_ACC"] = True
+        else:
+            self.relu_after = relu and zero_out      # fp32 partials: ReLU after their sum
         if pdl:
             gemm.kwargs.update(PDL=True, launch_pdl=True)
         self.zero_out = zero_out
@@ -276,6 +333,12 @@ class Plan:
         if pdl:
             qkw["PDL"] = True
         self.launches = [_Launch(kern.quantize, (m, chunks, 1), qkw), gemm]
+        if self.int_acc:
+            ebm = min(EPILOGUE_BLOCK_M, _next_pow2(m))
+            ebn = min(EPILOGUE_ELEMENTS // ebm, K.N_ALIGN)
+            self.launches.append(_Launch(kern.epilogue, (triton_cdiv(m, ebm), triton_cdiv(w.n, ebn), 1),
+                                         dict(BLOCK_M=ebm, BLOCK_N=ebn, HAS_WZP=has_wzp, HAS_BIAS=has_bias,
+                                              RELU=relu, num_warps=4)))
 
     def _plan_fused(self, rt, w: CudaWeight, rule, m: int, per_row: bool, relu: bool, device, warps: int,
                     stages: int) -> bool:
@@ -356,12 +419,16 @@ class Plan:
                      self.m, self.n, self.k, self.kp, self.sxm, self.sxk, self.kp, self.n),)
         quant = (x, xq, xs, rs, absmax, out if self.zero_out else None, self.k, self.kp, self.n_out,
                  self.chunk_k, self.chunk_n, self.sxm, self.sxk, self.kp, self.n if self.zero_out else 0)
+        # INT_ACC: the GEMM adds int32 sums into the output's bytes, the epilogue reads them there
+        acc = out if not self.int_acc or isinstance(out, int) else out.view(torch.int32)
         if self.kind == "dot_streamk":
-            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
+            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, acc,
                     self.m, self.n, self.kp, self.kp, self.kp, self.n)
         else:
-            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, out,
+            gemm = (xq, xs, rs, w.w, w.scale, w.zero_point, w.bias, acc,
                     self.m, self.n, self.kp, self.split, self.kp, self.kp, self.n)
+        if self.int_acc:
+            return quant, gemm, (acc, xs, rs, w.scale, w.zero_point, w.bias, out, self.m, self.n, self.n)
         return quant, gemm
 
     def __call__(self, x: torch.Tensor, absmax, fast: bool) -> torch.Tensor:
@@ -377,7 +444,7 @@ class Plan:
             out = x.new_empty((m, n))
             buf = torch.empty(ws_bytes, dtype=torch.int8, device=x.device) if ws_bytes else None
         launches = self.launches
-        if self.stub or (fast and launches[-1].bound is not None and launches[0].bound is not None):
+        if self.stub or (fast and all(launch.bound is not None for launch in launches)):
             ptrs = self.ptrs
             if ptrs is None:
                 ptrs = self.ptrs = self._pointers()
@@ -453,7 +520,7 @@ class CudaRuntime:
         inside use the stub; the plans made before are kept for afterwards."""
         kernels, fast = self.kernels, self.fast_launch
         stub = StubKernel()
-        self.kernels, self.fast_launch, self._stubbed = Kernels(stub, stub, stub, stub, stub, stub), False, True
+        self.kernels, self.fast_launch, self._stubbed = Kernels(*[stub] * 7), False, True
         try:
             yield
         finally:
@@ -473,25 +540,28 @@ class CudaRuntime:
         return w if index < 0 else w.to(torch.device("cuda", index))
 
     # -- the op ----------------------------------------------------------
-    def linear(self, x2d: torch.Tensor, w: CudaWeight, rule, per_row: bool, relu: bool) -> torch.Tensor:
-        """``y = dequant(quant(x2d) @ W^T) (+bias) (ReLU)`` for ``x2d [M, K]`` fp32, any strides."""
+    def linear(self, x2d: torch.Tensor, w: CudaWeight, rule, per_row: bool, relu: bool,
+               deterministic: bool = False) -> torch.Tensor:
+        """``y = dequant(quant(x2d) @ W^T) (+bias) (ReLU)`` for ``x2d [M, K]`` fp32, any strides;
+        ``deterministic``: the same bits on every call (see :class:`Plan`; ``rule`` is then the
+        rule as deterministic mode runs it, :func:`deterministic_rule`)."""
         if x2d.is_cuda and x2d.get_device() != torch._C._cuda_getDevice():
             with torch.cuda.device(x2d.device):
-                return self._linear(x2d, w, rule, per_row, relu)
-        return self._linear(x2d, w, rule, per_row, relu)
+                return self._linear(x2d, w, rule, per_row, relu, deterministic)
+        return self._linear(x2d, w, rule, per_row, relu, deterministic)
 
-    def _linear(self, x2d, w: CudaWeight, rule, per_row: bool, relu: bool) -> torch.Tensor:
+    def _linear(self, x2d, w: CudaWeight, rule, per_row: bool, relu: bool, deterministic: bool) -> torch.Tensor:
         m = x2d.shape[0]
         sxm, sxk = x2d.stride()
         fast = self.fast_launch and self.execution == "compiled"
         # id(rule): hashing the frozen rule dataclass costs ~1 us a call; the plan keeps the rule
         # and is rebuilt if another rule ever takes that id
         key = (id(rule), m, per_row, relu, sxm, sxk, x2d.data_ptr() & 15, fast, self.pdl, self.streamk_per_sm,
-               self._stubbed)
+               self._stubbed, deterministic)
         plans = w.plans
         plan = plans.get(key)
         if plan is None or plan.rule is not rule:
-            plan = Plan(self, w, rule, m, per_row, relu, sxm, sxk, x2d.device)
+            plan = Plan(self, w, rule, m, per_row, relu, sxm, sxk, x2d.device, deterministic)
             if len(plans) >= PLAN_MEMO_MAX:
                 plans.clear()
             plans[key] = plan
@@ -551,6 +621,9 @@ class CudaRuntime:
             "pdl": self.pdl and self.execution == "compiled" and pdl_supported(torch.cuda.current_device()),
             "weight_cache": self.cache.stats(),
             "routing": {op: {name: c.value for name, c in r.counts.items()} for op, r in self.runners.items()},
+            # per op: deterministic kernels always (config), or while torch.use_deterministic_algorithms(True)
+            "deterministic": {op: "always" if r.deterministic else "under torch.use_deterministic_algorithms"
+                              for op, r in self.runners.items()},
         }
 
 
@@ -614,14 +687,16 @@ def _resolve_execution(mode: str):
                                       InterpretedKernel(K.streamk_kernel),
                                       InterpretedKernel(K.gemv_kernel),
                                       InterpretedKernel(K.fused_dot_kernel),
-                                      InterpretedKernel(K.streamk_fused_kernel)), (
+                                      InterpretedKernel(K.streamk_fused_kernel),
+                                      InterpretedKernel(K.int_epilogue_kernel)), (
             "Triton interpreter on CPU tensors (ops registered for the CPU key): validates the "
             "kernel source on any host; not for speed")
     ok, detail = cuda_status()
     if ok:
         return "compiled", Kernels(K.quantize_kernel, K.dot_kernel, K.streamk_kernel, K.gemv_kernel,
-                                   K.fused_dot_kernel, K.streamk_fused_kernel), detail
+                                   K.fused_dot_kernel, K.streamk_fused_kernel, K.int_epilogue_kernel), detail
     raise BackendUnavailable(
-        f"cuda backend: execution={mode!r} needs a CUDA device: {detail}. "
-        "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass execution='interpreter' "
-        "to run the same kernels through Triton's interpreter on CPU tensors (slow; for validation).")
+        f"cuda backend: {option('execution', mode)} needs a CUDA device: {detail}. "
+        "Run on a host with an NVIDIA GPU and a CUDA build of torch, or pass "
+        f"{option('execution', 'interpreter')} to run the same kernels through Triton's interpreter "
+        "on CPU tensors (slow; for validation).")

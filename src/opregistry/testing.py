@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from opregistry.backends.common import UnpackedWeight, unpack_weight
+from opregistry.backends.common.engines import quantized_engine, usable_engines
 from opregistry.backends.reference.ops import linear_from_unpacked, quantize_activation, quantize_activation_pytorch
 
 # Relative bound of an fp32 epilogue (a few roundings of the product and bias).
@@ -24,22 +25,20 @@ TIE_ULPS = 4   # an activation this close to a rounding tie may round either way
 
 
 def engines(zero_point_nonzero: bool = False) -> list[str]:
-    """Quantized engines of this host whose ``linear_prepack`` takes such a weight
-    (oneDNN takes symmetric weights only)."""
-    supported = torch.backends.quantized.supported_engines
-    names = ["x86", "fbgemm", "qnnpack"] + ([] if zero_point_nonzero else ["onednn"])
-    return [e for e in names if e in supported]
+    """Quantized engines that pack and run linear weights on this host (x86/fbgemm on x86,
+    qnnpack/onednn on aarch64), in preference order; with ``zero_point_nonzero``, only those
+    that take such a weight (oneDNN takes symmetric weights only)."""
+    return usable_engines(zero_points=zero_point_nonzero)
 
 
-@contextmanager
-def quantized_engine(name: str):
-    """``torch.backends.quantized.engine = name`` for the block."""
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
+def default_engine(zero_points: bool = False) -> str:
+    """The engine :func:`make_packed` uses when none is named: this host's first usable one."""
+    usable = engines(zero_points)
+    if not usable:
+        raise RuntimeError(f"no quantized engine of torch {torch.__version__} packs "
+                           f"{'asymmetric ' if zero_points else ''}linear weights on this host "
+                           f"(built with: {', '.join(torch.backends.quantized.supported_engines)})")
+    return usable[0]
 
 
 def make_qweight(n: int, k: int, *, per_channel: bool = False, zero_points: bool = False,
@@ -63,9 +62,10 @@ def make_qweight(n: int, k: int, *, per_channel: bool = False, zero_points: bool
 
 
 def make_packed(n: int, k: int, *, per_channel: bool = False, zero_points: bool = False, bias: bool = True,
-                engine: str = "x86", seed: int = 0, bias_scale: float = 1.0):
+                engine: str | None = None, seed: int = 0, bias_scale: float = 1.0):
     """A fresh random packed ``LinearPackedParamsBase`` (``[n, k]`` qint8, full
-    int8 range) prepacked under ``engine``."""
+    int8 range) prepacked under ``engine`` (default: :func:`default_engine`)."""
+    engine = engine or default_engine(zero_points)
     gen = torch.Generator().manual_seed(seed)
     qw = make_qweight(n, k, per_channel=per_channel, zero_points=zero_points, gen=gen)
     b = torch.randn(n, generator=gen) * bias_scale if bias else None
