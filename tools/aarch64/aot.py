@@ -100,7 +100,8 @@ class Recorder:
         ck = self._kernels.get(id(launcher))
         if ck is None:
             for obj in gc.get_objects():
-                if isinstance(obj, CompiledKernel) and getattr(obj, "run", None) is launcher:
+                # type(), not isinstance(): the latter reads __class__, which some objects warn about
+                if type(obj) is CompiledKernel and getattr(obj, "run", None) is launcher:
                     ck = obj
                     break
             if ck is None:
