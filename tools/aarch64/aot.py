@@ -404,6 +404,10 @@ def main(argv=None) -> int:
     p.add_argument("--ops", nargs="+", default=None, help="op[:scheme] variants (default: all)")
     p.add_argument("--work", default=None, help="folder for harnesses (default: a temporary one)")
     p.add_argument("--json", default=None, help="write the outcomes here")
+    p.add_argument("--codegen", choices=("fast", "triton"), default=None,
+                   help="fast: llc-19 -O3 without AArch64's MachineCombiner (quadratic on the unrolled 64-row "
+                        "tiles); triton: Triton's own code generation, every pass (default: fast for check, "
+                        "triton for count)")
     p.add_argument("--pytorch-root", default="/var/cache/opregistry-aarch64/root-bookworm",
                    help="count: the lane's arm64 root, whose torch runs PyTorch's own kernels on the same shapes "
                         "(qnnpack and onednn linear_dynamic, _int_mm); 'none' to skip them")
@@ -437,9 +441,10 @@ def main(argv=None) -> int:
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(plugin), str(HERE / "count_insns.c")],
                        check=True)
     torch.set_num_threads(1)
-    # check: llc without AArch64's MachineCombiner (quadratic on the unrolled 64-row tiles; see Aarch64Lowering);
-    # count: Triton's own code generation, exactly.
-    llc = None if counting else find_llc()
+    # fast: llc without AArch64's MachineCombiner (quadratic on the unrolled 64-row tiles; see Aarch64Lowering);
+    # triton: Triton's own code generation, exactly.
+    codegen = args.codegen or ("triton" if counting else "fast")
+    llc = find_llc() if codegen == "fast" else None
     lowering = Aarch64Lowering(llc, ("-aarch64-enable-mcr=false",) if llc else ())
     outcomes: list[Outcome] = []
     started = time.monotonic()
@@ -466,7 +471,7 @@ def main(argv=None) -> int:
     covered = {(o.device, o.op, o.scheme, o.rule) for o in outcomes}
     print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed "
           f"({len(covered)} routing rules x schemes, {time.monotonic() - started:.0f} s; aarch64 code under "
-          f"qemu -cpu {QEMU_CPU}, lowered for {CPU})")
+          f"qemu -cpu {QEMU_CPU}, lowered for {CPU}, code generation: {codegen})")
     if args.json:
         Path(args.json).write_text(json.dumps({"ours": [dataclasses.asdict(o) for o in outcomes],
                                                "pytorch": pytorch_counts}, indent=1))

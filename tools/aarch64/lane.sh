@@ -35,7 +35,7 @@ elapsed() { printf '%dm%02ds' $((SECONDS / 60)) $((SECONDS % 60)); }
 
 subset=0
 if [[ ${1:-} == --subset ]]; then subset=1; shift; fi
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 
 # -- what the host must give -------------------------------------------------------------------------------
 [[ $(id -u) == 0 ]] || die "needs root (chroot, mounts and binfmt registration); run it as root, e.g. with sudo"
@@ -65,6 +65,11 @@ fi
 [[ -e $binfmt/qemu-aarch64 ]] || die "binfmt has no qemu-aarch64 entry (update-binfmts --enable qemu-aarch64 failed)"
 grep -qx enabled "$binfmt/qemu-aarch64" 2>/dev/null || grep -q '^enabled' "$binfmt/qemu-aarch64" \
   || die "binfmt entry qemu-aarch64 is disabled (update-binfmts --enable qemu-aarch64)"
+
+# -- one run at a time per cache (a run replaces the project's copy and reinstalls it) ----------------------
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock -n 9 || die "another lane run is using $cache (wait for it, or set OPREGISTRY_AARCH64_CACHE)"
 
 # -- the arm64 root (cached) -------------------------------------------------------------------------------
 debian_mirror() {   # the host's own Debian mirror, so the root comes from where this host's packages come from
