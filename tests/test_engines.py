@@ -80,3 +80,18 @@ def test_no_warning_when_the_engine_packs(recwarn, fresh_probe):
         with registry.enabled(backend="reference"):
             pass
     assert not [w for w in recwarn if "cannot pack" in str(w.message)]
+
+
+def test_demo_switches_to_a_usable_engine_and_says_so(monkeypatch, fresh_probe, capsys):
+    from opregistry.demo.workloads import use_a_usable_engine
+
+    current, probe = torch.backends.quantized.engine, eng.engine_problem
+    monkeypatch.setattr(eng, "engine_problem", lambda name: "broken here" if name == current else probe(name))
+    if not eng.usable_engines():
+        pytest.skip(f"no engine of this torch besides {current!r} packs weights here")
+    with quantized_engine(current):
+        use_a_usable_engine()
+        switched = torch.backends.quantized.engine
+    out = capsys.readouterr().out
+    assert switched != current and switched in eng.PREFERENCE
+    assert f"{current!r} cannot pack weights" in out and f"torch.backends.quantized.engine = {switched!r}" in out
