@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,9 @@ def _int_mm_cases() -> list[dict]:
 @pytest.fixture(scope="module")
 def triton_30(request, tmp_path_factory) -> Path:
     """A directory holding only PyPI's triton 3.0.0 (cached across runs)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        # The wheel holds a compiled libtriton; PyPI's aarch64 triton wheels start at 3.5.0.
+        pytest.skip(f"PyPI has no triton {VERSION} wheel for {platform.machine()}; this lowering is checked on x86_64")
     cache = getattr(request.config, "cache", None)
     base = cache.mkdir(f"triton-{VERSION}") if cache is not None else tmp_path_factory.mktemp(f"triton-{VERSION}")
     target = Path(base) / "site"

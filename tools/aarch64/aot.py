@@ -16,9 +16,14 @@ assembly. A generated C harness links those kernels, replays the recorded launch
 ``aarch64-linux-gnu-gcc`` and run by ``qemu-aarch64`` (``-cpu max,sme=off``). The output read back from the
 aarch64 run is compared with the reference backend within the contract's bound (``_int_mm``: exactly).
 
-``count`` runs the same harness under ``qemu-aarch64 -plugin count_insns.so`` (tools/aarch64/count_insns.c)
-once with one replay and once with two: the difference is the executed instructions of one call (kernel
-launches only: no Python, no setup), by class (SMMLA, SDOT, other vector multiplies, loads, stores).
+``count`` runs the same harness under ``qemu-aarch64 -plugin count_insns.so`` (tools/aarch64/count_insns.c),
+which marks the start and end of one replay: the executed instructions of one call's kernel launches (no Python,
+no setup), by class (SMMLA, SDOT, other vector multiplies, loads, stores); then PyTorch's own aarch64 kernels on
+the same shapes in the lane's arm64 Python (tools/aarch64/count_pytorch.py).
+
+Code generation: ``--codegen triton`` is Triton's own (``translate_to_asm``, every pass); ``--codegen fast``
+(the default for ``check``) is ``llc -O3`` without AArch64's MachineCombiner, which is quadratic in a basic
+block's size and dominates the time on fully unrolled 64-row tiles.
 
 Why ahead of time, not Triton-CPU built for aarch64 and run inside the emulated lane: a native build would be
 compiled under emulation (hours) or cross-compiled against arm64 LLVM/MLIR libraries; this way the same
