@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ X86_MNEMONICS = re.compile(r"^\s+(?:v?p(?:add|mul|shuf)|vmov|vfmadd|movq|%[re]?[
 def _aot():
     spec = importlib.util.spec_from_file_location("opregistry_aot", AOT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # its dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
