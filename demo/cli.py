@@ -71,6 +71,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backends")
     s.add_argument("--device", help="the --backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
                                     "default: detected")
+    s.add_argument("--config", help="deployment config file for the --backend (a tuned file from "
+                                    "opregistry tune, say); default: $OPREGISTRY_CONFIG, else the packaged table")
     s.add_argument("--include-interpreter", action="store_true",
                    help="also time backends through Triton's interpreter (validation only: very slow)")
     s.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
@@ -97,6 +99,67 @@ def add_commands(subparsers) -> None:
     s.add_argument("--plot", metavar="PNG", help="write GOPS vs M, one line per implementation "
                                                   "(needs matplotlib: pip install 'opregistry[plot]')")
     s.set_defaults(func=cmd_bench)
+
+    s = subparsers.add_parser(
+        "tune", help="time a backend's candidate kernels against PyTorch's op on this machine; write the routing",
+        description="On this machine, time every candidate kernel the backend offers for each op (hook "
+                    "opregistry_tune_candidates) and PyTorch's own op, nothing enabled, in alternating rounds, "
+                    "for each M; write a deployment config whose routing hands each range of M to the fastest "
+                    "(load it with registry.enable(backend=..., config=FILE), OPREGISTRY_CONFIG=FILE or "
+                    "opregistry bench --config FILE). The rule measured at an M serves every M above the "
+                    "previous measured one; the largest serves all M above it. A candidate is chosen by its "
+                    "worst ratio to PyTorch over the shapes. Tune with the thread count you deploy with.")
+    s.add_argument("--backend", required=True, help="the backend to tune")
+    s.add_argument("--shapes", type=_shape, nargs="+", required=True, metavar="KxN",
+                   help="weight shapes (in_features x out_features) of the model's layers")
+    s.add_argument("--m", type=_positive_int, nargs="+", required=True, metavar="M",
+                   help="activation rows to measure (decode 1, prefill lengths...)")
+    s.add_argument("--out", required=True, metavar="FILE", help="the deployment config to write")
+    s.add_argument("--ops", nargs="+", metavar="OP",
+                   help="only these ops (default: every op of the backend that offers candidates)")
+    s.add_argument("--config", help="deployment config to tune over; the written file keeps its settings "
+                                    "(default: $OPREGISTRY_CONFIG, else the packaged table)")
+    s.add_argument("--execution", choices=EXECUTIONS, help="execution override for the backend")
+    s.add_argument("--device", help="the backend's packaged table by name (e.g. arm: generic, cix-p1, x86-proxy); "
+                                    "default: detected")
+    s.add_argument("--threads", type=_positive_int,
+                   help="torch.set_num_threads for the run (default: 1, as bench)")
+    s.add_argument("--rounds", type=_positive_int, default=3, help="alternating rounds, medians kept (default 3)")
+    s.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement (default 0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
+    s.set_defaults(func=cmd_tune)
+
+
+# ---------------------------------------------------------------------------
+# tune
+# ---------------------------------------------------------------------------
+
+def cmd_tune(args) -> int:
+    import torch
+
+    from . import tune as t
+
+    if args.min_time <= 0:
+        raise t.TuneError(f"--min-time must be positive, got {args.min_time}")
+    settings = t.TuneSettings(args.backend, list(dict.fromkeys(args.shapes)), sorted(set(args.m)),
+                              ops=args.ops, config=args.config, execution=args.execution, device=args.device,
+                              rounds=args.rounds, min_time=args.min_time, seed=args.seed)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads or 1)
+    try:
+        env = t.environment()
+        print(f"opregistry tune on {env['machine']}: torch {env['torch']}, triton {env['triton']}, "
+              f"quantized engine {env['quantized_engine']}, threads: {env['threads']}")
+        base, results = t.tune(settings)
+        t.report(settings, results)
+        text = t.render_config(settings, base, results, t.command_line())
+    finally:
+        torch.set_num_threads(threads_before)
+    t.write(args.out, text, args.backend)
+    print(f"\nwrote {args.out}: load it with registry.enable(backend={args.backend!r}, config={args.out!r}) "
+          f"or OPREGISTRY_CONFIG={args.out}; check it with opregistry bench --backend {args.backend} "
+          f"--config {args.out} --ratios")
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +249,8 @@ def _bench(args, w, shapes, shapes_given) -> int:
         return _bench_fidelity(args, w, env, shapes if shapes_given else [(2048, 2048)])
     # Every backend that can run here, through the interpreter if need be: the host-overhead and
     # memory probes stub the kernel launch, so any execution serves them; throughput needs speed.
-    impls = w.select_impls(args.backend, args.execution, include_interpreter=True, out=log, device=args.device)
+    impls = w.select_impls(args.backend, args.execution, include_interpreter=True, out=log, device=args.device,
+                           config=args.config)
     timed = [i for i in impls if args.include_interpreter or not i.is_interpreter]
     for impl in impls:
         if impl not in timed:

@@ -174,6 +174,7 @@ class Impl:
     overrides: dict = field(default_factory=dict)
     note: str = ""
     default_failure: str = ""      # why the default execution could not run (interpreter fallback)
+    config: str | None = None      # deployment config file (None: $OPREGISTRY_CONFIG or the packaged table)
 
     @property
     def is_interpreter(self) -> bool:
@@ -184,12 +185,13 @@ class Impl:
         if self.backend is None:
             yield None
         else:
-            with registry.enabled(backend=self.backend, **self.overrides) as cfg:
+            with registry.enabled(backend=self.backend, config=self.config, **self.overrides) as cfg:
                 yield cfg
 
 
 def select_impls(backend: str | None = None, execution: str | None = None,
-                 include_interpreter: bool = True, out=None, device: str | None = None) -> list[Impl]:
+                 include_interpreter: bool = True, out=None, device: str | None = None,
+                 config: str | None = None) -> list[Impl]:
     """PyTorch's own kernel plus each backend that can be enabled here (or just ``backend``).
 
     A backend that is unavailable with its default execution is tried with
@@ -197,9 +199,12 @@ def select_impls(backend: str | None = None, execution: str | None = None,
     ``include_interpreter`` is set. One that cannot run at all is reported and
     skipped, or raises :class:`DemoError` with the reason when it is the
     ``backend`` asked for. ``device`` picks that backend's packaged table by name
-    (the config key ``device``); it needs ``backend``.
+    (the config key ``device``); it needs ``backend``. ``config``: a deployment
+    config file for the backends (it names one backend: give that one too).
     """
     out = out or sys.stdout
+    if config is not None and backend is None:
+        raise DemoError(f"a config file names one backend: give that backend too ({option('backend')})")
     if device is not None and backend is None:
         raise DemoError(f"device {device!r} names one backend's packaged table: give the backend too "
                         f"({option('backend')})")
@@ -220,17 +225,18 @@ def select_impls(backend: str | None = None, execution: str | None = None,
         errors = []
         for overrides in tries:
             try:
-                cfg = registry.default_registry().build_config(name, **overrides)
+                cfg = registry.default_registry().build_config(name, config, **overrides)
                 if cfg.execution == "interpreter":
                     overrides = {**overrides, "execution": "interpreter"}
-                with registry.enabled(backend=name, **overrides):   # probe: the runtime can be built
+                with registry.enabled(backend=name, config=config, **overrides):   # probe: the runtime can be built
                     pass
             except (BackendUnavailable, RegistryError) as exc:
                 errors.append(exc.raw)
                 continue
             label = f"{name}[interpreter]" if overrides.get("execution") == "interpreter" else name
             note = "Triton interpreter: validation only, not speed" if label.endswith("[interpreter]") else ""
-            impls.append(Impl(label, name, overrides, note, default_failure=errors[0] if errors else ""))
+            impls.append(Impl(label, name, overrides, note, default_failure=errors[0] if errors else "",
+                              config=config))
             break
         else:
             why = errors[-1] if errors else row["reason"]

@@ -140,6 +140,26 @@ def opregistry_stub_kernels(backend):
 
 
 @hookspec
+def opregistry_tune_candidates(backend, op, config):
+    """The kernels a tuner (``opregistry tune``) may choose between for ``op``.
+
+    The tuner times each candidate as the only routing rule of ``op`` (over
+    ``config``, the other settings unchanged), next to PyTorch's own op with
+    nothing enabled, and writes a routing table that hands each range of M to
+    the fastest.
+
+    :param config: the merged :class:`registry.Config` being tuned; its op
+        settings (a weight layout, say) decide which candidates are valid.
+    :return: a list of routing rules as a config file writes them, without
+        ``name`` and ``when`` (``{"kernel": "gemv", "block_m": 1, ...}``), each
+        valid as the only rule of ``op``'s table under ``config``; or ``None``
+        when the backend offers no choice for ``op``. Include the rule that
+        hands calls back to PyTorch's kernel, if the backend has one: a range
+        of M can only be routed to a candidate.
+    """
+
+
+@hookspec
 def opregistry_register_commands(subparsers):
     """Add subcommands to the ``opregistry`` command line.
 

@@ -108,3 +108,25 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
         weight_layout=layout,
         routing=parse_routing(settings, read_rule),
     )
+
+
+def tune_candidates(cfg: ArmOpConfig | ArmIntMmConfig, op: str) -> list[dict]:
+    """The rules ``opregistry tune`` times for ``op`` (hook ``opregistry_tune_candidates``):
+    the kernel shapes the packaged tables draw from, sized to ``cfg``'s weight
+    layout (a rule's tiles must divide it), and PyTorch's own kernel."""
+    lk, ln = cfg.weight_layout.block_k, cfg.weight_layout.block_n
+    widths = sorted({ln, 64} if ln % 64 == 0 else {ln})
+
+    def rule(kernel, bm, bn, bk):
+        return {"kernel": kernel, "block_m": bm, "block_n": bn, "block_k": min(bk, lk),
+                **({"pad_m": True} if bm > 1 else {})}
+
+    if op == INT_MM:
+        rules = [rule("gemv", 1, bn, 32) for bn in widths]
+        rules += [rule("gemv", 4, ln, 32), rule("dot", 8, ln, 32), rule("dot", 64, 64 if ln % 64 == 0 else ln, 32)]
+    else:
+        rules = [rule("gemv_prequant", 1, bn, 16) for bn in widths]
+        rules += [rule("gemv_prequant", 2, ln, 16), rule("gemv_prequant", 4, ln, 32),
+                  rule("dot_prequant", 8, ln, 32), rule("dot_prequant", 64, 64 if ln % 64 == 0 else ln, 32)]
+    return rules + [{"kernel": PYTORCH_KERNEL}]
+

@@ -14,7 +14,7 @@ from opregistry.backends.common.plugin import RuntimePlugin
 
 from .device import (compiled_unavailable_reason, detect_device, read_cpuinfo, triton_cpu_status,
                      warn_if_proxy)
-from .config import INT_MM, read_op_config
+from .config import INT_MM, read_op_config, tune_candidates
 
 NAME = "arm"
 
@@ -63,6 +63,10 @@ class ArmPlugin(RuntimePlugin):
     @hookimpl
     def opregistry_validate_config(self, backend, config):
         require_routing(config)
+
+    @hookimpl
+    def opregistry_tune_candidates(self, backend, op, config):
+        return tune_candidates(config.op(op), op)
 
     def make_runtime(self, config):
         _check_execution(config.execution)
