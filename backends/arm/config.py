@@ -14,8 +14,9 @@ from opregistry.backends.common.pytorch_kernel import PYTORCH_KERNEL
 # `pytorch`: PyTorch's own kernel, captured when the op is enabled (no tiles; see
 # backends/common/pytorch_kernel.py). `dot_prequant` / `gemv_prequant`: activations
 # quantized once into int8, then an int8 GEMM on unmasked tiles (kernel_prequant.py;
-# the linear ops only).
-PREQUANT_KERNELS = ("dot_prequant", "gemv_prequant")
+# the linear ops only). `rowdot_prequant`: the same, with products summed along K on the
+# K-contiguous weight layout, which LLVM turns into sdot / vpdpbusd (kernel_rowdot.py).
+PREQUANT_KERNELS = ("dot_prequant", "gemv_prequant", "rowdot_prequant")
 KERNELS = ("dot", "gemv", *PREQUANT_KERNELS, PYTORCH_KERNEL)
 OP_KEYS = ("padding", "activation_scale", "fast_path", "deterministic", "weight_layout", "routing")
 INT_MM = "aten::_int_mm"

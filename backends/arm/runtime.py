@@ -26,11 +26,11 @@ from opregistry.backends.common.weights import WeightCache
 from .config import INT_MM, KERNELS  # noqa: F401 - re-exported
 from .device import compiled_unavailable_reason, triton_cpu_status
 from .fallback import min_dot_size_rejection
-from .prequant import PREQUANT_KERNEL, PREQUANT_KERNELS, PrequantPlan
+from .prequant import PREQUANT_KERNEL, PREQUANT_KERNELS, ROWDOT, PrequantPlan
 from .kernel import ACT_PER_ROW, ACT_PER_TENSOR, ACT_PYTORCH, qlinear_kernel
 from .plan import LaunchPlan
 from .int_mm import IntMmRunner, prepare_operand
-from .layout import PreparedWeight, prepare_weight
+from .layout import KN, NK, PreparedWeight, prepare_weight
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,12 @@ class OpRunner:
         self.op = op
         self.relu = relu
         self.act = {"per_row": ACT_PER_ROW, "per_tensor": ACT_PER_TENSOR, "pytorch": ACT_PYTORCH}[cfg.activation_scale]
-        # What the cached weight is prepared for: tile layout, and column sums for the PyTorch scheme.
-        self.spec = (cfg.weight_layout.block_k, cfg.weight_layout.block_n, self.act == ACT_PYTORCH)
+        # What the cached weight is prepared for: tiles, column sums for the PyTorch scheme, and the
+        # layout orders the routing's kernels read (rowdot_prequant: nk; the others: kn).
+        kernels = {rule.kernel for rule in cfg.routing} - {PYTORCH_KERNEL}
+        orders = tuple(order for order, needed in ((KN, bool(kernels - {ROWDOT})), (NK, ROWDOT in kernels))
+                       if needed) or (KN,)
+        self.spec = (cfg.weight_layout.block_k, cfg.weight_layout.block_n, self.act == ACT_PYTORCH, orders)
         self.router = Router(cfg.routing, cfg.padding)
         self.counts = {rule.name: CallCounter() for rule in cfg.routing}        # dispatcher calls
         self.fast_counts = {rule.name: CallCounter() for rule in cfg.routing}   # module fast-path calls
@@ -261,8 +265,9 @@ class ArmRuntime:
     def _prepare(w_prepack, spec, op) -> PreparedWeight:
         if op == INT_MM:                    # w_prepack: the operand's token (int_mm.py)
             return prepare_operand(w_prepack, spec)
-        layout_k, layout_n, pytorch_scheme = spec
-        w = prepare_weight(unpack_weight(w_prepack, op), layout_k, layout_n, op=op, pytorch_scheme=pytorch_scheme)
+        layout_k, layout_n, pytorch_scheme, orders = spec
+        w = prepare_weight(unpack_weight(w_prepack, op), layout_k, layout_n, op=op, pytorch_scheme=pytorch_scheme,
+                           orders=orders)
         return Prepared(w, reduce_range_applies(w_prepack, w.k) if pytorch_scheme else True)
 
     # -- launching -----------------------------------------------------
@@ -275,9 +280,13 @@ class ArmRuntime:
         key = (relu, rule.name, use_dot)
         plan = p.plans.get(key)
         if plan is None:
-            make = PrequantPlan if rule.kernel in PREQUANT_KERNELS else LaunchPlan   # prequant.py
-            plan = p.plans[key] = make(p.weight, block_m=rule.block_m, block_n=rule.block_n,
-                                       block_k=rule.block_k, use_dot=use_dot, act=act, relu=relu)
+            tiles = dict(block_m=rule.block_m, block_n=rule.block_n, block_k=rule.block_k, use_dot=use_dot,
+                         act=act, relu=relu)
+            if rule.kernel in PREQUANT_KERNELS:                                  # prequant.py
+                plan = PrequantPlan(p.weight, **tiles, rowdot=rule.kernel == ROWDOT)
+            else:
+                plan = LaunchPlan(p.weight, **tiles)
+            p.plans[key] = plan
         return plan
 
     def launch(self, call, p: Prepared, x2d, out, qparams: tuple) -> None:
@@ -292,7 +301,7 @@ class ArmRuntime:
             # original error is the one to see.
             rule = call.rule
             cause = (min_dot_size_rejection(exc, rule.block_m, rule.block_n, rule.block_k)
-                     if plan.consts[0]["USE_DOT"] and self.execution == "compiled" else None)
+                     if plan.consts[0].get("USE_DOT") and self.execution == "compiled" else None)
             if cause is None:
                 raise
             gemv = self.plan(p, rule, False, plan.consts[0]["ACT"], plan.consts[0]["RELU"])
