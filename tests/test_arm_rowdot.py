@@ -72,6 +72,26 @@ def test_rowdot_extreme_operands_are_exact(operand_sign):
     assert_matches_contract(y, x, packed, mode="per_tensor")
 
 
+@pytest.mark.parametrize("m, block_m", [(1, 1), (3, 2)])
+def test_rowdot_k_steps_wider_than_the_layout_leave_a_tail(operand_sign, m, block_m):
+    """K=200 pads to 224 (layout block_k 32): 128-wide steps cover 128, 32-wide ones the rest."""
+    rules = [{"name": "wide", "kernel": "rowdot_prequant", "block_m": block_m, "block_n": 16, "block_k": 128,
+              "pad_m": True}]
+    ops = {LINEAR_DYNAMIC: {"routing": rules, "weight_layout": {"block_k": 32, "block_n": 64}}}
+    rt = ArmRuntime(registry.Registry().build_config("arm", device="generic", execution=ARM_EXECUTION, ops=ops))
+    packed = make_packed(40, 200, seed=2)
+    x = torch.randn(m, 200)
+    assert_matches_contract(rt.runners[LINEAR_DYNAMIC](x, packed), x, packed, mode="per_row")
+    plan = next(iter(rt.weight(packed, rt.runners[LINEAR_DYNAMIC].spec, LINEAR_DYNAMIC).plans.values()))
+    assert (plan.k_pad, plan.k_main, plan.consts[0]["TAIL_K"]) == (224, 128, 32)
+
+
+def test_rowdot_block_k_is_capped():
+    rules = [{"name": "r", "kernel": "rowdot_prequant", "block_m": 1, "block_n": 16, "block_k": 2048}]
+    with pytest.raises(registry.ConfigError, match="block_k up to 1024"):
+        registry.Registry().build_config("arm", ops={LINEAR_DYNAMIC: {"routing": rules}})
+
+
 def test_rowdot_non_finite_rows(operand_sign):
     rt = runtime("per_row")
     packed = make_packed(20, 64, seed=1)
@@ -98,14 +118,13 @@ def test_a_table_mixing_layouts_caches_both_and_each_rule_reads_its_own():
     assert only_rowdot.runtime.weight(packed, only_rowdot.spec, LINEAR_DYNAMIC).weight.w_tiled is None
 
 
-def test_nk_tiles_hold_the_weight_k_contiguous():
+def test_nk_layout_holds_the_weight_k_contiguous():
     w = torch.randint(-128, 128, (70, 100), dtype=torch.int8)
-    lk, ln = 32, 64
-    nk = tile_nk(w, lk, ln).reshape(2, 4, ln, lk)           # [Np/LN, Kp/LK, LN, LK]
-    kn = tile_kn(w.T, lk, ln).reshape(4, 2, lk, ln)         # [Kp/LK, Np/LN, LK, LN]
-    assert torch.equal(nk.permute(0, 2, 1, 3).reshape(128, 128)[:70, :100], w)
-    assert torch.equal(nk.permute(0, 2, 1, 3).reshape(128, 128), kn.permute(1, 3, 0, 2).reshape(128, 128))
-    assert nk.permute(0, 2, 1, 3).reshape(128, 128)[70:].abs().sum() == 0     # padding is zero
+    nk = tile_nk(w, 32, 64).reshape(128, 128)               # [Np, Kp]
+    kn = tile_kn(w.T, 32, 64).reshape(4, 2, 32, 64)         # [Kp/LK, Np/LN, LK, LN]
+    assert torch.equal(nk[:70, :100], w)
+    assert torch.equal(nk, kn.permute(1, 3, 0, 2).reshape(128, 128))
+    assert nk[70:].abs().sum() == 0 and nk[:, 100:].abs().sum() == 0     # padding is zero
 
 
 def test_rowdot_is_rejected_for_int_mm():

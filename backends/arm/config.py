@@ -25,6 +25,7 @@ INT_MM_KEYS = ("padding", "weight_layout", "operand_cache", "deterministic", "ro
 # gemv_prequant sums a K tile of int8 x int8 products in fp32: |x_q|, |w| <= 128, so the
 # sum stays within 2**24 (every integer exact) up to this block_k.
 EXACT_FP32_BLOCK_K = 1024
+ROWDOT_BLOCK_K_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,11 @@ def read_op_config(settings: Section, op: str = "") -> ArmOpConfig | ArmIntMmCon
         if common["kernel"] == "gemv_prequant" and tiles["block_k"] > EXACT_FP32_BLOCK_K:
             raise rule.error("block_k", f"gemv_prequant sums one K tile in fp32, exact up to {EXACT_FP32_BLOCK_K} "
                                         f"(got {tiles['block_k']})")
-        for tile in ("block_k", "block_n"):
+        if common["kernel"] == "rowdot_prequant" and tiles["block_k"] > ROWDOT_BLOCK_K_MAX:
+            raise rule.error("block_k", f"rowdot_prequant takes block_k up to {ROWDOT_BLOCK_K_MAX} (got "
+                                        f"{tiles['block_k']}): LLVM 19's x86 code generation crashed on 2048")
+        # rowdot_prequant reads K-contiguous rows: any block_k (the rest of K goes in layout-sized steps).
+        for tile in ("block_n",) if common["kernel"] == "rowdot_prequant" else ("block_k", "block_n"):
             if getattr(layout, tile) % tiles[tile]:
                 layout_src = settings.source(f"weight_layout.{tile}")
                 set_in = "" if layout_src == rule.source(tile) else f", set in {layout_src}"
@@ -129,5 +134,10 @@ def tune_candidates(cfg: ArmOpConfig | ArmIntMmConfig, op: str) -> list[dict]:
         rules = [rule("gemv_prequant", 1, bn, 16) for bn in widths]
         rules += [rule("gemv_prequant", 2, ln, 16), rule("gemv_prequant", 4, ln, 32),
                   rule("dot_prequant", 8, ln, 32), rule("dot_prequant", 64, 64 if ln % 64 == 0 else ln, 32)]
+        # Dot products along K: one row per program (several rows spill); the K step is not
+        # bound by the layout. x86 (vpdpbusd) measured best at 8x1024, aarch64 (sdot) counted
+        # fewest instructions at 4x128 (docs/BENCHMARKS.md).
+        rules += [{"kernel": "rowdot_prequant", "block_m": 1, "block_n": min(bn, ln), "block_k": bk}
+                  for bn, bk in ((8, 1024), (16, 256), (4, 128))]
     return rules + [{"kernel": PYTORCH_KERNEL}]
 

@@ -3,7 +3,9 @@
 upstream Triton-CPU and LLVM turn into dot-product instructions.
 
 Every output is the dot product of an activation row with a weight row, and the
-weight is cached K-contiguous (layout ``nk``, :mod:`.layout`). Each K step loads
+weight is cached K-contiguous (layout ``nk``, :mod:`.layout`: ``[Np, Kp]``, so a K
+step of any width reads unit-stride rows; ``K_MAIN`` is the part of ``Kp`` done in
+whole ``BLOCK_K`` steps, the rest in ``TAIL_K`` steps). Each K step loads
 a ``[BLOCK_N, BLOCK_K]`` weight block, multiplies it, widened, with the
 activation row and sums along K with ``tl.sum``. Triton-CPU lowers that sum to
 one ``llvm.vector.reduce.add`` of ``mul(ext i8, ext i8)`` per output, which
@@ -28,12 +30,22 @@ import triton
 import triton.language as tl
 
 
+@triton.jit
+def _row_sums(x_ptrs, w, X_UNSIGNED: tl.constexpr):
+    """``sum_k x[k] * w[n, k]`` for every row n of ``w`` (int32 ``[BLOCK_N, BK]``), ``x`` int8 at ``x_ptrs``."""
+    x = tl.load(x_ptrs)
+    if X_UNSIGNED:
+        xe = (x.to(tl.uint8, bitcast=True) ^ 128).to(tl.uint8).to(tl.int32)
+    else:
+        xe = x.to(tl.int32)
+    return tl.sum(xe[None, :] * w, axis=1)
+
+
 @triton.jit(do_not_specialize=["x_zp"])
 def rowdot_kernel(
     xq_ptr, scale_ptr, rowsum_ptr, w_ptr, w_sum_ptr, w_scale_ptr, w_zp_ptr, w_colsum_ptr, bias_ptr, out_ptr,
-    M, N, K_PAD, stride_qm, stride_om, x_zp,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    LAYOUT_K: tl.constexpr, LAYOUT_N: tl.constexpr,
+    M, N, K_PAD, K_MAIN, stride_qm, stride_om, x_zp,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAIL_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, RELU: tl.constexpr,
     X_UNSIGNED: tl.constexpr,
@@ -43,31 +55,31 @@ def rowdot_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)       # X_q has whole row blocks: no M mask on loads
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    # Layout nk: tile (n // LN, k // LK) starts at ((n // LN) * (K_PAD // LK) + k // LK) * LN * LK, its rows
-    # LK apart; the N offset is scalar arithmetic, the K step adds a tile or moves inside one.
-    tile_n = pid_n * BLOCK_N
-    w_rows = w_ptr + (tile_n // LAYOUT_N) * (K_PAD * LAYOUT_N) + (tile_n % LAYOUT_N) * LAYOUT_K
-    w_in = tl.arange(0, BLOCK_N)[:, None] * LAYOUT_K + rk[None, :]
+    rt = tl.arange(0, TAIL_K)
+    w_rows = w_ptr + rn[:, None] * K_PAD               # layout nk: [Np, K_PAD], K contiguous
+    x_row = xq_ptr + pid_m * BLOCK_M * stride_qm
+    row_ids = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     acc1 = tl.zeros([BLOCK_N], dtype=tl.int32)           # BLOCK_M == 1: one row, 1-D (no 3-D temporary)
-    x_row = xq_ptr + pid_m * stride_qm + rk
-    x_rows = xq_ptr + rm[:, None] * stride_qm + rk[None, :]
-    for k0 in range(0, K_PAD, BLOCK_K):
-        w = tl.load(w_rows + (k0 // LAYOUT_K) * (LAYOUT_N * LAYOUT_K) + k0 % LAYOUT_K + w_in).to(tl.int32)
+    # Whole BLOCK_K steps, then the rest of the padded K in TAIL_K steps (TAIL_K divides both).
+    for k0 in range(0, K_MAIN, BLOCK_K):
+        w = tl.load(w_rows + k0 + rk[None, :]).to(tl.int32)
         if BLOCK_M == 1:
-            x = tl.load(x_row + k0)
-            if X_UNSIGNED:
-                xe = (x.to(tl.uint8, bitcast=True) ^ 128).to(tl.uint8).to(tl.int32)
-            else:
-                xe = x.to(tl.int32)
-            acc1 += tl.sum(xe[None, :] * w, axis=1)
+            acc1 += _row_sums(x_row + k0 + rk, w, X_UNSIGNED)
         else:
-            x = tl.load(x_rows + k0)
-            if X_UNSIGNED:
-                xe = (x.to(tl.uint8, bitcast=True) ^ 128).to(tl.uint8).to(tl.int32)
-            else:
-                xe = x.to(tl.int32)
-            acc += tl.sum(xe[:, None, :] * w[None, :, :], axis=2)
+            # Row by row in the decode shape (a [BLOCK_M, BLOCK_N, BLOCK_K] product summed over its last
+            # axis loses the dot-product form in LLVM and spills); each row's sums go to its row of acc.
+            for i in tl.static_range(BLOCK_M):
+                part = _row_sums(x_row + i * stride_qm + k0 + rk, w, X_UNSIGNED)
+                acc += tl.where(row_ids[:, None] == i, part[None, :], 0)
+    for k0 in range(K_MAIN, K_PAD, TAIL_K):
+        w = tl.load(w_rows + k0 + rt[None, :]).to(tl.int32)
+        if BLOCK_M == 1:
+            acc1 += _row_sums(x_row + k0 + rt, w, X_UNSIGNED)
+        else:
+            for i in tl.static_range(BLOCK_M):
+                part = _row_sums(x_row + i * stride_qm + k0 + rt, w, X_UNSIGNED)
+                acc += tl.where(row_ids[:, None] == i, part[None, :], 0)
 
     if BLOCK_M == 1:
         acc = acc + acc1[None, :]

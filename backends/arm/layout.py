@@ -3,9 +3,9 @@ weight load in a kernel is an unmasked 2-D block of unit-stride rows:
 
 * ``kn``: int8 tiles ``[Kp/LK, Np/LN, LK, LN]`` (N contiguous: what ``tl.dot``
   and its i8mm lowering in Triton-CPU forks read, and the dot-free kernels),
-* ``nk``: int8 tiles ``[Np/LN, Kp/LK, LN, LK]`` (K contiguous: each output's
-  products along K sit side by side, the operand order of ``sdot`` and
-  ``vpdpbusd``; one N block's whole K stripe is contiguous in memory).
+* ``nk``: int8 ``[Np, Kp]``, row-major (K contiguous: each output's products
+  along K sit side by side, the operand order of ``sdot`` and ``vpdpbusd``, and
+  a K step of any width reads unit-stride rows; tiling it measured no faster).
 
 A weight is prepared in the orders its op's routing table reads (both only when
 rules of both kinds share a table)."""
@@ -97,12 +97,10 @@ def tile_kn(w_kn: torch.Tensor, layout_k: int, layout_n: int) -> torch.Tensor:
 
 
 def tile_nk(w_nk: torch.Tensor, layout_k: int, layout_n: int) -> torch.Tensor:
-    """``w_nk`` (int8 ``[N, K]``, any strides) zero-padded to whole tiles and laid
-    out as ``[Np/LN, Kp/LK, LN, LK]``, flattened."""
+    """``w_nk`` (int8 ``[N, K]``, any strides) zero-padded to ``[Np, Kp]`` (whole
+    layout tiles), row-major, flattened."""
     n, k = w_nk.shape
     kp, np_ = round_up(max(k, 1), layout_k), round_up(max(n, 1), layout_n)
     padded = torch.zeros(np_, kp, dtype=torch.int8)
     padded[:n, :k] = w_nk
-    return (padded.reshape(np_ // layout_n, layout_n, kp // layout_k, layout_k)
-            .permute(0, 2, 1, 3).contiguous().reshape(-1))
-
+    return padded.reshape(-1)

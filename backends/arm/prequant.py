@@ -25,7 +25,8 @@ from .kernel_rowdot import rowdot_kernel
 _QUANT_CONSTEXPRS = ("QBLOCK_M", "QBLOCK_K", "ACT", "HAS_ROWSUM")
 _GEMM_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "LAYOUT_K", "LAYOUT_N", "EVEN_M", "EVEN_N", "ACT", "HAS_BIAS",
                     "HAS_WZP", "RELU", "USE_DOT")
-_ROWDOT_CONSTEXPRS = _GEMM_CONSTEXPRS[:-1] + ("X_UNSIGNED",)
+_ROWDOT_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "TAIL_K", "EVEN_M", "EVEN_N", "ACT", "HAS_BIAS", "HAS_WZP",
+                      "RELU", "X_UNSIGNED")
 assert tuple(quantize_rows_kernel.arg_names[-len(_QUANT_CONSTEXPRS):]) == _QUANT_CONSTEXPRS
 assert tuple(qgemm_kernel.arg_names[-len(_GEMM_CONSTEXPRS):]) == _GEMM_CONSTEXPRS
 assert tuple(rowdot_kernel.arg_names[-len(_ROWDOT_CONSTEXPRS):]) == _ROWDOT_CONSTEXPRS
@@ -58,7 +59,7 @@ class PrequantPlan:
     """A ``dot_prequant`` / ``gemv_prequant`` / ``rowdot_prequant`` (``rowdot``) launch
     pair on one prepared weight, tiles and scheme."""
 
-    __slots__ = ("block_m", "n", "k", "k_pad", "grid_n", "n_blocks", "gemm", "gemm_args", "consts",
+    __slots__ = ("block_m", "n", "k", "k_pad", "k_main", "grid_n", "n_blocks", "gemm", "gemm_args", "consts",
                  "quant_consts", "quant_tail", "tails", "has_rowsum", "bound")
 
     def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu, rowdot=False):
@@ -77,7 +78,9 @@ class PrequantPlan:
         # The GEMM's arguments after (xq, scale, rowsum) up to out, and its constexprs' names.
         if rowdot:
             self.gemm, names = rowdot_kernel, _ROWDOT_CONSTEXPRS
-            consts.update(USE_DOT=False, X_UNSIGNED=unsigned_activations())
+            consts.update(USE_DOT=False, X_UNSIGNED=unsigned_activations(),
+                          TAIL_K=min(block_k, weight.layout_k))      # powers of two: divides both
+            self.k_main = self.k_pad // block_k * block_k
             self.gemm_args = (weight.w_nk, weight.wsum, weight.scale, weight.zero_point, weight.colsum, weight.bias)
         else:
             self.gemm, names = qgemm_kernel, _GEMM_CONSTEXPRS
@@ -108,7 +111,7 @@ class PrequantPlan:
         quant_args = (x2d, xq, scale, rowsum, m, self.k, k_pad, stride_xm, stride_xk, k_pad,
                       x_scale, x_inv_scale, x_zp)
         if self.gemm is rowdot_kernel:
-            gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, k_pad, n, x_zp)
+            gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, self.k_main, k_pad, n, x_zp)
         else:
             gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, self.n_blocks, k_pad, n, x_zp)
         if isinstance(kernel, jit_function_class()):       # compiled (not interpreted, not a stub)

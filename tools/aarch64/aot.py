@@ -310,12 +310,12 @@ class Outcome:
     counts: dict | None = None
 
 
-def _runtime(device: str, op: str, scheme: str | None):
+def _runtime(device: str, op: str, scheme: str | None, config: str | None = None):
     from opregistry.backends.arm.runtime import ArmRuntime
     from opregistry.registry import Registry
 
     ops = {} if scheme is None else {o: {"activation_scale": scheme} for o in (LINEAR, LINEAR_RELU)}
-    return ArmRuntime(Registry().build_config("arm", device=device, execution="compiled", ops=ops))
+    return ArmRuntime(Registry().build_config("arm", config, device=device, execution="compiled", ops=ops))
 
 
 def run_case(runtime, device, op, scheme, m, n, k, lowering, work: Path, plugin: Path | None) -> Outcome | None:
@@ -407,6 +407,8 @@ def main(argv=None) -> int:
                    help="KxN weight shapes, as opregistry bench takes them (default check: 100x67, off every "
                         "tile; count: 2048x2048 2048x6144)")
     p.add_argument("--ops", nargs="+", default=None, help="op[:scheme] variants (default: all)")
+    p.add_argument("--config", default=None,
+                   help="a deployment config layered over each table (its routing, say), as registry.enable takes")
     p.add_argument("--work", default=None, help="folder for harnesses (default: a temporary one)")
     p.add_argument("--json", default=None, help="write the outcomes here")
     p.add_argument("--codegen", choices=("fast", "triton"), default=None,
@@ -446,6 +448,9 @@ def main(argv=None) -> int:
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(plugin), str(HERE / "count_insns.c")],
                        check=True)
     torch.set_num_threads(1)
+    # The kernels run on aarch64: rowdot_prequant takes signed activations there (sdot), not x86's unsigned.
+    from opregistry.backends.arm import prequant
+    prequant.unsigned_activations = lambda: False
     # fast: llc without AArch64's MachineCombiner (quadratic on the unrolled 64-row tiles; see Aarch64Lowering);
     # triton: Triton's own code generation, exactly.
     codegen = args.codegen or ("triton" if counting else "fast")
@@ -455,7 +460,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     for device in devices:
         for op, scheme in variants:
-            runtime = _runtime(device, op, scheme)
+            runtime = _runtime(device, op, scheme, args.config)
             for n, k in shapes:
                 for m in ms:
                     work = root / f"{device}-{op.split('::')[1]}-{scheme}-{n}x{k}-m{m}"
