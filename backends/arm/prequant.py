@@ -11,6 +11,7 @@ launch its own two kernels in.
 from __future__ import annotations
 
 import platform
+import threading
 
 import torch
 
@@ -36,6 +37,28 @@ PREQUANT_GEMV = "gemv_prequant"      # dot-free (any M; decode),
 ROWDOT = "rowdot_prequant"           # and dot products along K on the nk layout (sdot / vpdpbusd)
 PREQUANT_KERNELS = (PREQUANT_KERNEL, PREQUANT_GEMV, ROWDOT)
 _INTERPRETED: dict = {}
+# Decode-sized scratch (X_q, its scales and row sums) is reused, per thread: two or three
+# allocations are ~1 us each, a fifth of a call's host time. Larger M allocates afresh (its
+# kernel time dwarfs them; the memory stays bounded by K x SCRATCH_REUSE_ROWS per thread).
+SCRATCH_REUSE_ROWS = 16
+_scratch = threading.local()
+
+
+def _scratch_buffers(m_pad: int, k_pad: int, has_rowsum: bool) -> tuple:
+    """``(X_q, scales, row sums or None)`` for ``m_pad`` rows: fresh, or this thread's own when small.
+    Launches are synchronous and a call writes every element before reading it, so reuse is safe."""
+    if m_pad > SCRATCH_REUSE_ROWS:
+        return (torch.empty(m_pad, k_pad, dtype=torch.int8), torch.empty(m_pad, dtype=torch.float32),
+                torch.empty(m_pad, dtype=torch.int32) if has_rowsum else None)
+    held = getattr(_scratch, "held", None)
+    if held is None:
+        held = _scratch.held = {}
+    key = (m_pad, k_pad, has_rowsum)
+    bufs = held.get(key)
+    if bufs is None:
+        bufs = held[key] = (torch.empty(m_pad, k_pad, dtype=torch.int8), torch.empty(m_pad, dtype=torch.float32),
+                            torch.empty(m_pad, dtype=torch.int32) if has_rowsum else None)
+    return bufs
 
 
 def unsigned_activations() -> bool:
@@ -104,9 +127,7 @@ class PrequantPlan:
         bm = self.block_m
         m_pad = -(-m // bm) * bm
         k_pad = self.k_pad
-        xq = torch.empty(m_pad, k_pad, dtype=torch.int8)
-        scale = torch.empty(m_pad, dtype=torch.float32)
-        rowsum = torch.empty(m_pad, dtype=torch.int32) if self.has_rowsum else None
+        xq, scale, rowsum = _scratch_buffers(m_pad, k_pad, self.has_rowsum)
         n = self.n
         quant_args = (x2d, xq, scale, rowsum, m, self.k, k_pad, stride_xm, stride_xk, k_pad,
                       x_scale, x_inv_scale, x_zp)
