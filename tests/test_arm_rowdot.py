@@ -15,9 +15,8 @@ from opregistry.backends.arm.runtime import ArmRuntime
 from opregistry.backends.common import LINEAR_DYNAMIC, LINEAR_RELU_DYNAMIC
 
 from conftest import ARM_EXECUTION
-from opregistry.testing import assert_matches_contract, default_engine, make_packed
-
-REDUCE_RANGE_APPLIES = {"x86": True, "fbgemm": True, "onednn": True, "qnnpack": False}
+from opregistry.testing import assert_matches_contract, make_packed
+from test_arm_prequant import pytorch_scheme_extra
 
 ROWDOT = [
     {"name": "m1", "when": {"m": 1}, "kernel": "rowdot_prequant", "block_m": 1, "block_n": 16, "block_k": 64},
@@ -52,8 +51,7 @@ def test_rowdot_matches_contract(operand_sign, scheme, m, zero_points, relu):
     x = torch.randn(m, 100) * 3 + 0.5
     x[0, :7] = torch.tensor([127.0, -128.0, 0.0, 1e-30, -3.5, 2.5, 0.5])   # range ends, ties, tiny
     y = rt.runners[LINEAR_RELU_DYNAMIC if relu else LINEAR_DYNAMIC](x, packed, scheme == "pytorch")
-    extra = {"reduce_range": REDUCE_RANGE_APPLIES[default_engine(zero_points)]} if scheme == "pytorch" else {}
-    assert_matches_contract(y, x, packed, relu=relu, mode=scheme, **extra)
+    assert_matches_contract(y, x, packed, relu=relu, mode=scheme, **pytorch_scheme_extra(scheme, zero_points))
     plan = next(iter(rt.weight(packed, rt.runners[LINEAR_DYNAMIC].spec, LINEAR_DYNAMIC).plans.values()), None) \
         if not relu else None
     if plan is not None:

@@ -138,11 +138,31 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
     report = {"triton": triton.__version__, "llc": llc, "target": f"{AARCH64_TRIPLE} {AARCH64_ATTRS}",
               "native_target": f"{AARCH64_TRIPLE} {CPU} {FEATURES}", "native_unavailable": lowering_note,
               "shape": {"k": k, "n": n}, "variants": []}
+    from . import prequant
+
+    host_form = prequant.unsigned_activations()
+
+    def compile_rule(runner, rule, unsigned: bool) -> tuple[list, list]:
+        """Run ``rule`` once with ``rowdot_prequant``'s operand form set (aarch64: signed); return the
+        ``.llir`` files it compiled and the warnings it raised."""
+        before = set(cache.rglob("*.llir"))
+        real = prequant.unsigned_activations
+        prequant.unsigned_activations = lambda: unsigned
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                runner(_rule_input(rule, k), packed)
+        finally:
+            prequant.unsigned_activations = real
+        return sorted(set(cache.rglob("*.llir")) - before), caught
+
     try:
         packed = make_packed(n, k, bias=True)
         for device in devices or packaged_devices():
             cfg = registry.Registry().build_config("arm", device=device, execution="compiled")
-            rt = ArmRuntime(cfg)
+            # The aarch64 rows need the kernels as an aarch64 host compiles them (rowdot_prequant: signed
+            # operands, for sdot); the host rows, the host's own form (x86: unsigned, for vpdpbusd).
+            rt, rt_host = ArmRuntime(cfg), ArmRuntime(cfg)
             runner = rt.runners[LINEAR_DYNAMIC]
             for rule in runner.router.rules:
                 entry = {"device": device, "rule": rule.name, "kernel": rule.kernel,
@@ -151,20 +171,24 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
                     entry["note"] = "PyTorch's own kernel: nothing compiled"
                     report["variants"].append(entry)
                     continue
-                before = set(cache.rglob("*.llir"))
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    runner(_rule_input(rule, k), packed)
+                new, caught = compile_rule(runner, rule, False)
                 entry["fallback"] = rt.dot_fallbacks.get(rule.name)
                 entry["warnings"] = [str(w.message) for w in caught if "validation proxy" not in str(w.message)]
-                new = sorted(set(cache.rglob("*.llir")) - before)
                 entry["kernels"] = [_audit_file(path, llc, llc_timeout, lowering) for path in new]
+                if host_form and rule.kernel == prequant.ROWDOT:
+                    host_new, _ = compile_rule(rt_host.runners[LINEAR_DYNAMIC], rule, True)
+                    host = {path.stem: _audit_file(path, None, llc_timeout, None).get("host") for path in host_new}
+                    for kern in entry["kernels"]:
+                        if host.get(kern["name"]) is not None:
+                            kern["host"] = host[kern["name"]]
+                    entry["host_form"] = "unsigned activations (vpdpbusd); the aarch64 rows: signed (sdot)"
                 if not new:
                     entry["note"] = "no new kernel compiled (an earlier rule compiled the same variant)"
                 report["variants"].append(entry)
                 if out is not None:
                     print(_line(entry), file=out, flush=True)
             rt.close()
+            rt_host.close()
     finally:
         if previous is None:
             os.environ.pop("TRITON_CACHE_DIR", None)
