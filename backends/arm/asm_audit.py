@@ -99,10 +99,14 @@ def retarget(llir: str, llc: str, triple: str = AARCH64_TRIPLE, attrs: str = AAR
         return out.read_text(), ""
 
 
-def _rule_input(rule, k: int):
+def _rule_input(router, rule, k: int):
+    """An activation whose M routes to ``rule``: the smallest such M from ``block_m`` up (an earlier rule
+    may take M = block_m itself, as a decode rule with m_max: 3 takes a prefill rule's 2)."""
     import torch
 
-    m = max(rule.block_m, 1)
+    start = max(rule.block_m or 1, 1)
+    m = next((m for m in (*range(start, start + 4096), *range(1, start)) if router.route(m).rule.name == rule.name),
+             start)
     return torch.randn(m, k)
 
 
@@ -151,7 +155,7 @@ def audit(devices=None, k: int = 256, n: int = 256, llc: str | None = None, keep
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                runner(_rule_input(rule, k), packed)
+                runner(_rule_input(runner.router, rule, k), packed)
         finally:
             prequant.unsigned_activations = real
         return sorted(set(cache.rglob("*.llir")) - before), caught
