@@ -94,3 +94,18 @@ def test_retarget_reports_an_llc_that_does_not_finish(tmp_path):
     slow.chmod(0o755)
     asm, note = retarget(X86_IR, str(slow), timeout=0.5)
     assert asm is None and "did not finish in 0.5 s" in note and "--llc-timeout" in note
+
+
+@pytest.mark.parametrize("device", ["generic", "cix-p1", "x86-proxy"])
+def test_each_rule_is_audited_with_an_m_it_routes(device):
+    """The audit compiles a rule by calling the op with an M that the table sends to that rule (a decode rule
+    with m_max: 3 takes the prefill rule's block_m of 2, say)."""
+    from opregistry import registry
+    from opregistry.backends.arm.asm_audit import _rule_input
+    from opregistry.backends.common.routing import Router
+
+    rules = registry.Registry().build_config("arm", device=device).op("quantized::linear_dynamic").routing
+    router = Router(rules, padding=True)
+    for rule in rules:
+        x = _rule_input(router, rule, 8)
+        assert router.route(x.shape[0]).rule.name == rule.name and x.shape[1] == 8
