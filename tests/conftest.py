@@ -28,7 +28,7 @@ ARM_EXECUTION = os.environ.get(ARM_EXECUTION_ENV, "interpreter")
 ARM_TIER_MODULES = frozenset({
     "test_arm", "test_pytorch_scheme", "test_fuzz", "test_special_values", "test_int_mm", "test_torchao",
     "test_cache_lifetime", "test_concurrency", "test_lifecycle", "test_bad_configs", "test_arm_prequant",
-    "test_pytorch_rule", "test_arm_rowdot",
+    "test_pytorch_rule", "test_arm_rowdot", "test_tune",
 })
 COMPILED_TIER_TIMEOUT_S = 600.0   # per test: kernel compiles included; a hang fails the run
 
