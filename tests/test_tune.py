@@ -188,7 +188,7 @@ def test_bench_takes_a_config_file_for_its_backend(tmp_path, capsys):
     path.write_text("backend: arm\nops:\n  quantized::linear_dynamic:\n    routing:\n"
                     "      - {name: all, kernel: pytorch}\n")
     argv = ["bench", "--csv", "--shapes", "40x24", "--m", "2", "--min-time", "0", "--no-overhead",
-            "--backend", "arm", "--include-interpreter", "--config", str(path)]
+            "--backend", "arm", "--execution", ARM_EXECUTION, "--include-interpreter", "--config", str(path)]
     assert main(argv) == 0
     rows = capsys.readouterr().out.strip().splitlines()[1:]
     assert {row.split(",")[3] for row in rows} >= {"pytorch"} and len(rows) == 2
