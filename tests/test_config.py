@@ -78,7 +78,7 @@ CASES = [
      f"      - {{name: b, when: {{m: 1}}, kernel: dot, block_m: 1, block_n: 64, block_k: 4}}\n",
      f"ops.{OP}.routing[1]: rule 'b' is unreachable"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: tiled, block_m: 8, block_n: 64, block_k: 32}}\n",
-     f"ops.{OP}.routing[0].kernel: expected one of dot, gemv, dot_prequant, gemv_prequant, pytorch, got 'tiled'"),
+     f"ops.{OP}.routing[0].kernel: expected one of dot, gemv, dot_prequant, gemv_prequant, rowdot_prequant, pytorch, got 'tiled'"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 64}}\n",
      f"ops.{OP}.routing[0].block_k: 64 must divide ops.{OP}.weight_layout.block_k=32"),
     (f"ops:\n  {OP}:\n    routing:\n      - {{kernel: dot, block_m: 8, block_n: 64, block_k: 32, num_warps: 4}}\n",
