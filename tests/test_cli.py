@@ -109,7 +109,7 @@ def test_demo_quick_runs_pytorch_and_backends(capsys):
     for label in ("pytorch", "reference", "arm[interpreter]"):
         assert f"\n{label} " in out
     assert "validation only" in out
-    assert "routing quantized::linear_dynamic: decode=4, prefill=4" in out
+    assert "routing quantized::linear_dynamic: rowdot=8" in out
     assert "weight cache: 4 entries" in out
     # the reference backend and the ARM kernel implement one contract: same accuracy row
     rows = {line.split()[0]: line.split()[1:4] for line in out.splitlines()
