@@ -311,12 +311,16 @@ class MLPStack(nn.Module):
         return self.lm_head(self.final_norm(x))
 
 
-# hidden/intermediate/vocab are deliberately not multiples of the 32x64 weight
-# tiles; the M values hit every rule of the generic ARM routing table.
+# hidden/intermediate/vocab are deliberately not multiples of the weight tiles;
+# the M values span decode and prefill rules.
 MLP_SIZES = {
     "default": dict(hidden=200, intermediate=552, layers=6, vocab=1000, ms=(1, 3, 13, 16, 64)),
     "quick": dict(hidden=40, intermediate=72, layers=1, vocab=50, ms=(1, 13)),
 }
+# Triton's interpreter pays per kernel program, and the ARM tables' small tiles (generic: 8 outputs per
+# program) make a prefill-sized forward of the default model take minutes there: with an interpreted
+# backend in the run, the default model gets decode-sized inputs only.
+INTERPRETER_MS = (1, 3)
 
 
 def run_mlp_demo(impls: list[Impl], seed: int = 0, quick: bool = False, per_channel: bool = False,
@@ -324,10 +328,18 @@ def run_mlp_demo(impls: list[Impl], seed: int = 0, quick: bool = False, per_chan
     out = out or sys.stdout
     size = MLP_SIZES["quick" if quick else "default"]
     h, i, layers, vocab, ms = (size[k] for k in ("hidden", "intermediate", "layers", "vocab", "ms"))
+    interpreted = [impl.label for impl in impls if impl.is_interpreter]
+    if interpreted and not quick:
+        ms = INTERPRETER_MS
     print(f"Model: Qwen3-shaped MLP stack, {layers} layer(s): hidden={h}, intermediate={i}, "
           f"lm_head vocab={vocab}; seed={seed}", file=out)
-    print(f"Inputs: hidden states with M = {', '.join(map(str, ms))} rows "
-          "(decode M=1 and prefill-like M; each routing rule sees its M)", file=out)
+    if interpreted and not quick:
+        print(f"Inputs: hidden states with M = {', '.join(map(str, ms))} rows: decode-sized only, because "
+              f"{', '.join(interpreted)} run(s) through Triton's interpreter, which takes minutes per prefill-sized "
+              f"forward (with compiled kernels: M = {', '.join(map(str, size['ms']))})", file=out)
+    else:
+        print(f"Inputs: hidden states with M = {', '.join(map(str, ms))} rows "
+              "(decode M=1 and prefill-like M; each routing rule sees its M)", file=out)
     torch.manual_seed(seed)
     model = MLPStack(h, i, layers, vocab, seed).eval()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -357,7 +369,7 @@ def run_mlp_demo(impls: list[Impl], seed: int = 0, quick: bool = False, per_chan
             "report": report,
         })
     _print_results(results, int8_bytes, out, extra=("top1_agreement", "top-1 = fp32"))
-    return {"model": "mlp", "sizes": size, "int8_weight_bytes": int8_bytes, "results": results}
+    return {"model": "mlp", "sizes": {**size, "ms": tuple(ms)}, "int8_weight_bytes": int8_bytes, "results": results}
 
 
 def _granularity(per_channel: bool) -> str:
