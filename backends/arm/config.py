@@ -134,10 +134,10 @@ def tune_candidates(cfg: ArmOpConfig | ArmIntMmConfig, op: str) -> list[dict]:
         rules = [rule("gemv_prequant", 1, bn, 16) for bn in widths]
         rules += [rule("gemv_prequant", 2, ln, 16), rule("gemv_prequant", 4, ln, 32),
                   rule("dot_prequant", 8, ln, 32), rule("dot_prequant", 64, 64 if ln % 64 == 0 else ln, 32)]
-        # Dot products along K: one row per program (several rows spill); the K step is not
-        # bound by the layout. x86 (vpdpbusd) measured best at 8x1024, aarch64 (sdot) counted
-        # fewest instructions at 4x128 (docs/BENCHMARKS.md).
+        # Dot products along K, one row per program; the K step is not bound by the layout. x86
+        # (vpdpbusd) measured best at 8x1024 and 16x256, aarch64 (sdot) counted fewest instructions
+        # at 8x128 (docs/BENCHMARKS.md).
         rules += [{"kernel": "rowdot_prequant", "block_m": 1, "block_n": min(bn, ln), "block_k": bk}
-                  for bn, bk in ((8, 1024), (16, 256), (4, 128))]
+                  for bn, bk in ((8, 1024), (16, 256), (8, 128))]
     return rules + [{"kernel": PYTORCH_KERNEL}]
 
