@@ -81,7 +81,7 @@ def test_rowdot_k_steps_wider_than_the_layout_leave_a_tail(operand_sign, m, bloc
     x = torch.randn(m, 200)
     assert_matches_contract(rt.runners[LINEAR_DYNAMIC](x, packed), x, packed, mode="per_row")
     plan = next(iter(rt.weight(packed, rt.runners[LINEAR_DYNAMIC].spec, LINEAR_DYNAMIC).plans.values()))
-    assert (plan.k_pad, plan.k_main, plan.consts[0]["TAIL_K"]) == (224, 128, 32)
+    assert (plan.k_pad, plan.k_arg, plan.consts[0]["TAIL_K"]) == (224, 128, 32)      # k_arg: K_MAIN
 
 
 def test_rowdot_block_k_is_capped():

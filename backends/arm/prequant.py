@@ -82,7 +82,7 @@ class PrequantPlan:
     """A ``dot_prequant`` / ``gemv_prequant`` / ``rowdot_prequant`` (``rowdot``) launch
     pair on one prepared weight, tiles and scheme."""
 
-    __slots__ = ("block_m", "n", "k", "k_pad", "k_main", "grid_n", "n_blocks", "gemm", "gemm_args", "consts",
+    __slots__ = ("block_m", "n", "k", "k_pad", "k_arg", "grid_n", "gemm", "gemm_args", "consts",
                  "quant_consts", "quant_tail", "tails", "has_rowsum", "bound")
 
     def __init__(self, weight, *, block_m, block_n, block_k, use_dot, act, relu, rowdot=False):
@@ -93,7 +93,6 @@ class PrequantPlan:
         self.block_m, self.n, self.k = block_m, n, k
         self.k_pad = round_up(max(k, 1), weight.layout_k)       # the cached weight's K rows (zero-padded)
         self.grid_n = -(-n // block_n)
-        self.n_blocks = weight.layout_blocks_n
         self.has_rowsum = weight.zero_point is not None
         consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, LAYOUT_K=weight.layout_k,
                       LAYOUT_N=weight.layout_n, EVEN_N=n % block_n == 0, ACT=act,
@@ -103,13 +102,16 @@ class PrequantPlan:
             self.gemm, names = rowdot_kernel, _ROWDOT_CONSTEXPRS
             consts.update(USE_DOT=False, X_UNSIGNED=unsigned_activations(),
                           TAIL_K=min(block_k, weight.layout_k))      # powers of two: divides both
-            self.k_main = self.k_pad // block_k * block_k
+            # K_MAIN: the part of K done in whole BLOCK_K steps (the argument after K_PAD).
+            self.k_arg = self.k_pad // block_k * block_k
             self.gemm_args = (weight.w_nk, weight.wsum, weight.scale, weight.zero_point, weight.colsum, weight.bias)
         else:
             self.gemm, names = qgemm_kernel, _GEMM_CONSTEXPRS
+            self.k_arg = weight.layout_blocks_n          # LAYOUT_BLOCKS_N
             self.gemm_args = (weight.w_tiled, weight.scale, weight.zero_point, weight.colsum, weight.bias)
-        self.consts = ({**consts, "EVEN_M": False}, {**consts, "EVEN_M": True})   # by m % block_m == 0
-        gemm_consts = tuple({k: v for k, v in c.items() if k in names} for c in self.consts)
+        # By m % block_m == 0; each holds the GEMM's constexprs only.
+        self.consts = tuple({k: v for k, v in {**consts, "EVEN_M": even}.items() if k in names}
+                            for even in (False, True))
         # Rows per quantization program: compiled, one (a 64-column chunk of one row already
         # fills a 128-bit core's registers); interpreted, the GEMM's row block (the
         # interpreter pays per operation, not per element: one program per row made the
@@ -118,8 +120,7 @@ class PrequantPlan:
                                  ACT=act, HAS_ROWSUM=self.has_rowsum)
         # Constexprs passed positionally, in each kernel's own order (cheaper than keywords per launch).
         self.quant_tail = tuple({**self.quant_consts, "QBLOCK_M": block_m}[name] for name in _QUANT_CONSTEXPRS)
-        self.tails = tuple(tuple(c[name] for name in names) for c in gemm_consts)
-        self.consts = gemm_consts
+        self.tails = tuple(tuple(c[name] for name in names) for c in self.consts)
         # Compiled mode: both launches repeated through Triton's launcher (common/launch.py).
         self.bound = BoundLaunches()
 
@@ -131,10 +132,7 @@ class PrequantPlan:
         n = self.n
         quant_args = (x2d, xq, scale, rowsum, m, self.k, k_pad, stride_xm, stride_xk, k_pad,
                       x_scale, x_inv_scale, x_zp)
-        if self.gemm is rowdot_kernel:
-            gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, self.k_main, k_pad, n, x_zp)
-        else:
-            gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, self.n_blocks, k_pad, n, x_zp)
+        gemm_args = (xq, scale, rowsum, *self.gemm_args, out, m, n, k_pad, self.k_arg, k_pad, n, x_zp)
         if isinstance(kernel, jit_function_class()):       # compiled (not interpreted, not a stub)
             key = (m, stride_xm, stride_xk, x2d.data_ptr() & 15, out.data_ptr() & 15)
             self.bound.run(key, ((quantize_rows_kernel, (m_pad,), quant_args, self.quant_consts),
